@@ -1,0 +1,201 @@
+//! Listening sockets: bind, accept under supervision, retire without dropping
+//! queued clients.
+//!
+//! A listener's life has three steps so the daemon can roll out without loss:
+//! [`Bound::bind`] claims the address (SO_REUSEADDR + SO_REUSEPORT, so a new socket
+//! can join an address an old one still holds); [`Bound::start`] begins accepting;
+//! [`Listener::retire`] stops accepting, then serves every connection already in the
+//! kernel's accept queue before closing. Closing with a non-empty queue would reset
+//! those clients.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Accept queue length; the kernel caps it at `net.core.somaxconn`.
+const BACKLOG: i32 = 4096;
+/// Restart delays for a listener task that died: doubling from the first to the cap.
+const RESTART_BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(5));
+/// Pause after a resource error (EMFILE, ENOBUFS...) so a full fd table does not spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
+/// Receives every accepted connection. Must not block: spawn the work.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, stream: TcpStream, peer: SocketAddr);
+}
+
+/// A bound, listening socket whose connections queue until [`Bound::start`].
+#[derive(Debug)]
+pub struct Bound {
+    listener: TcpListener,
+    local: SocketAddr,
+}
+
+impl Bound {
+    /// Binds `addr` so it can share the address with sockets it is replacing.
+    pub fn bind(addr: SocketAddr) -> io::Result<Bound> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        if addr.is_ipv6() {
+            // `[::]:p` and `0.0.0.0:p` are separate listeners; dual-stack would make
+            // the second bind collide with the first.
+            socket.set_only_v6(true)?;
+        }
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(BACKLOG)?;
+        let listener = TcpListener::from_std(socket.into())?;
+        let local = listener.local_addr()?;
+        Ok(Bound { listener, local })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Starts accepting, handing each connection to `handler`. Cannot fail, so a
+    /// rollout that bound everything can always complete.
+    pub fn start(self, app: &str, handler: Arc<dyn Handler>) -> Listener {
+        let listener = Arc::new(self.listener);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(supervise(
+            app.to_string(),
+            listener.clone(),
+            handler.clone(),
+            stop.clone(),
+        ));
+        Listener {
+            local: self.local,
+            listener,
+            handler,
+            stop,
+            task,
+        }
+    }
+}
+
+/// An accepting listener.
+pub struct Listener {
+    local: SocketAddr,
+    listener: Arc<TcpListener>,
+    handler: Arc<dyn Handler>,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listener")
+            .field("local", &self.local)
+            .finish()
+    }
+}
+
+impl Listener {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Stops accepting, serves what the kernel already queued, then closes.
+    pub async fn retire(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+        // The accept task is gone; take what is left in the queue with direct,
+        // non-blocking accepts (tokio's readiness may lag the kernel's queue).
+        let sock = SockRef::from(&*self.listener);
+        let mut served = 0usize;
+        loop {
+            match sock.accept() {
+                Ok((conn, peer)) => {
+                    let Some(peer) = peer.as_socket() else {
+                        continue;
+                    };
+                    let std: std::net::TcpStream = conn.into();
+                    if std.set_nonblocking(true).is_err() {
+                        continue;
+                    }
+                    if let Ok(stream) = TcpStream::from_std(std) {
+                        served += 1;
+                        self.handler.handle(stream, peer);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if is_transient(&e) => continue,
+                Err(_) => break, // WouldBlock: the queue is empty.
+            }
+        }
+        tracing::debug!(addr = %self.local, queued = served, "listener retired");
+        // Dropping the last reference closes the socket.
+    }
+}
+
+/// Runs the accept loop, restarting it with backoff if it dies (a panic in a
+/// handler, say), so one bad connection cannot take a port offline.
+async fn supervise(
+    app: String,
+    listener: Arc<TcpListener>,
+    handler: Arc<dyn Handler>,
+    stop: CancellationToken,
+) {
+    let mut backoff = RESTART_BACKOFF.0;
+    loop {
+        let task = tokio::spawn(accept_loop(listener.clone(), handler.clone(), stop.clone()));
+        match task.await {
+            Ok(()) => return, // stopped on request
+            Err(e) if e.is_cancelled() => return,
+            Err(e) => {
+                let addr = listener.local_addr().ok();
+                tracing::error!(app, ?addr, error = %e, ?backoff, "listener task died; restarting");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(RESTART_BACKOFF.1);
+            }
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: Arc<TcpListener>,
+    handler: Arc<dyn Handler>,
+    stop: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((stream, peer)) => handler.handle(stream, peer),
+            Err(e) if is_transient(&e) => continue,
+            Err(e) => {
+                // EMFILE, ENFILE, ENOBUFS, ENOMEM: the queue keeps the client; wait
+                // for resources rather than spin.
+                tracing::warn!(error = %e, "accept failed; pausing");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Errors about one half-open connection, not the listener.
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+    )
+}

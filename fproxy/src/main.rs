@@ -1,0 +1,150 @@
+//! The `fproxy` daemon binary: parse flags, set up logging, run the library's daemon.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use fproxy::{ConfigSubscriber, Daemon, FileWatcher, Registry};
+use tracing_subscriber::EnvFilter;
+
+const ENV_HELP: &str = "\
+Environment:
+  FPROXY_CONFIG_PATH  config file to run (same as --config)
+  FPROXY_LOG_FORMAT   log format: text or json (same as --log-format)
+  RUST_LOG            log filter, e.g. info, fproxy=debug (default: info)
+
+Examples:
+  fproxy --config config.json          run the apps in config.json, reloading on change
+  fproxy check config.json             validate a config and summarise its apps
+
+Signals: SIGTERM or SIGINT stop accepting, drain open connections (up to each app's
+drain_timeout), then exit 0. Editing the config file reloads it live.";
+
+/// A programmable L4 proxy with live, zero-downtime config reloads.
+#[derive(Debug, Parser)]
+#[command(version, about, after_help = ENV_HELP)]
+struct Cli {
+    /// Path of the JSON config file.
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "FPROXY_CONFIG_PATH",
+        value_name = "PATH"
+    )]
+    config: Option<PathBuf>,
+
+    /// Log output format.
+    #[arg(long, global = true, env = "FPROXY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon (the default).
+    Run,
+    /// Validate a config file, print one line per app, exit non-zero on error.
+    Check {
+        /// Config file (default: --config / FPROXY_CONFIG_PATH).
+        path: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Check { ref path }) => check(path.clone().or(cli.config.clone())),
+        Some(Command::Run) | None => run(&cli),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn config_path(path: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    path.context("no config file: pass --config PATH or set FPROXY_CONFIG_PATH")
+}
+
+fn check(path: Option<PathBuf>) -> anyhow::Result<()> {
+    let path = config_path(path)?;
+    let validator = Daemon::new(Registry::default()).validator();
+    let config = validator
+        .load(&path)
+        .with_context(|| format!("{} is not a valid config", path.display()))?;
+    for app in &config.apps {
+        let listen: Vec<String> = app.listen.iter().map(ToString::to_string).collect();
+        let targets: Vec<String> = app.targets.iter().map(ToString::to_string).collect();
+        println!(
+            "{}: {} listen {} -> {} ({})",
+            app.name,
+            app.kind,
+            listen.join(","),
+            targets.join(","),
+            app.strategy
+        );
+    }
+    println!("{}: ok, {} app(s)", path.display(), config.apps.len());
+    Ok(())
+}
+
+fn run(cli: &Cli) -> anyhow::Result<()> {
+    init_logging(cli.log_format);
+    let path = config_path(cli.config.clone())?;
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let daemon = Daemon::new(Registry::default());
+        let subscription = FileWatcher::new(&path)
+            .subscribe(daemon.validator())
+            .with_context(|| format!("cannot load {}", path.display()))?;
+        tracing::info!(config = %path.display(), "fproxy starting");
+        daemon.run(subscription, shutdown_signal()).await?;
+        tracing::info!("fproxy stopped");
+        Ok(())
+    })
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = int.recv() => tracing::info!("SIGINT received"),
+            }
+        }
+        _ => {
+            // Without signal handlers the process still dies on SIGTERM, just
+            // without draining; say so rather than fail to start.
+            tracing::warn!("cannot install signal handlers; shutdown will not drain");
+            std::future::pending::<()>().await
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

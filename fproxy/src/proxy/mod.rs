@@ -1,0 +1,297 @@
+//! The TCP (L4) app: accept, pick a target, connect, copy both ways.
+//!
+//! An app's routing (targets, strategy, timeouts, limits) is one immutable [`Route`]
+//! snapshot behind an `ArcSwap`. A reload that keeps the app's addresses swaps the
+//! snapshot under the live listeners: new connections see the new route, connections
+//! in flight keep the one they started with. Nothing on the accept path takes a lock.
+
+mod connect;
+mod copy;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use socket2::SockRef;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use connect::{connect, ConnectError, Connected};
+pub use copy::{bidirectional, Copied, End};
+
+use crate::config::{AppConfig, Target};
+use crate::dns::Resolver;
+use crate::listener::{Bound, Handler, Listener};
+use crate::strategy::{Registry, Strategy};
+
+/// One routing snapshot of an app.
+pub struct Route {
+    pub config: Arc<AppConfig>,
+    /// One slot per configured target, in config order.
+    pub targets: Vec<Arc<TargetSlot>>,
+    pub strategy: Arc<dyn Strategy>,
+}
+
+/// A target, and the signal that closes its connections once it has been removed
+/// from the config and its drain time has passed. Slots of targets that stay in the
+/// config are carried over from one snapshot to the next.
+#[derive(Debug)]
+pub struct TargetSlot {
+    pub target: Target,
+    retired: CancellationToken,
+}
+
+impl Route {
+    /// Builds a snapshot, reusing `previous`'s slots (and its strategy, when neither
+    /// the targets nor the strategy changed, so round robin keeps its place).
+    fn build(config: Arc<AppConfig>, registry: &Registry, previous: Option<&Route>) -> Route {
+        let targets: Vec<Arc<TargetSlot>> = config
+            .targets
+            .iter()
+            .map(|t| {
+                previous
+                    .and_then(|p| p.targets.iter().find(|s| s.target == *t))
+                    .cloned()
+                    .unwrap_or_else(|| {
+                        Arc::new(TargetSlot {
+                            target: t.clone(),
+                            retired: CancellationToken::new(),
+                        })
+                    })
+            })
+            .collect();
+        let strategy = match previous {
+            Some(p)
+                if p.config.targets == config.targets && p.config.strategy == config.strategy =>
+            {
+                p.strategy.clone()
+            }
+            // Validation only lets registered names through; round robin is the
+            // safe answer should an embedder's registry and validator disagree.
+            _ => registry
+                .build(&config.strategy, &config.targets)
+                .unwrap_or_else(|| Arc::new(crate::strategy::RoundRobin::default())),
+        };
+        Route {
+            config,
+            targets,
+            strategy,
+        }
+    }
+}
+
+/// State shared by an app's listeners and connections.
+struct Shared {
+    route: ArcSwap<Route>,
+    resolver: Resolver,
+    active: AtomicUsize,
+    connections: TaskTracker,
+    /// Fired when a removed app's drain timeout ends: remaining connections close.
+    force_close: CancellationToken,
+}
+
+/// A running TCP app.
+pub struct TcpApp {
+    shared: Arc<Shared>,
+    /// Keyed by the configured address (which may have port 0).
+    listeners: BTreeMap<SocketAddr, Listener>,
+}
+
+impl TcpApp {
+    /// Starts an app on listeners the caller has already bound.
+    pub fn start(
+        config: Arc<AppConfig>,
+        bound: Vec<(SocketAddr, Bound)>,
+        registry: &Registry,
+        resolver: Resolver,
+    ) -> TcpApp {
+        let shared = Arc::new(Shared {
+            route: ArcSwap::from_pointee(Route::build(config, registry, None)),
+            resolver,
+            active: AtomicUsize::new(0),
+            connections: TaskTracker::new(),
+            force_close: CancellationToken::new(),
+        });
+        let mut app = TcpApp {
+            shared,
+            listeners: BTreeMap::new(),
+        };
+        app.start_listeners(bound);
+        app
+    }
+
+    pub fn config(&self) -> Arc<AppConfig> {
+        self.shared.route.load().config.clone()
+    }
+
+    /// Bound address of every listener (differs from the configured one for port 0).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners.values().map(Listener::local_addr).collect()
+    }
+
+    /// Connections currently being proxied.
+    pub fn active_connections(&self) -> usize {
+        self.shared.active.load(Ordering::Relaxed)
+    }
+
+    /// Applies a new config to the running app. `added` holds listeners, already
+    /// bound, for the addresses the app gains. Returns the listeners of addresses it
+    /// loses, for the caller to retire once everything new is in place.
+    pub fn update(
+        &mut self,
+        config: Arc<AppConfig>,
+        added: Vec<(SocketAddr, Bound)>,
+        registry: &Registry,
+    ) -> Vec<Listener> {
+        let old = self.shared.route.load_full();
+        let route = Route::build(config.clone(), registry, Some(&old));
+        for slot in &old.targets {
+            if !route.targets.iter().any(|s| Arc::ptr_eq(s, slot)) {
+                retire_target(
+                    slot.clone(),
+                    config.drain_timeout,
+                    self.shared.force_close.clone(),
+                );
+            }
+        }
+        self.shared.route.store(Arc::new(route));
+        self.start_listeners(added);
+
+        let gone: Vec<SocketAddr> = self
+            .listeners
+            .keys()
+            .filter(|a| !config.listen.contains(a))
+            .copied()
+            .collect();
+        gone.iter()
+            .filter_map(|a| self.listeners.remove(a))
+            .collect()
+    }
+
+    fn start_listeners(&mut self, bound: Vec<(SocketAddr, Bound)>) {
+        let name = self.shared.route.load().config.name.clone();
+        for (addr, b) in bound {
+            let handler: Arc<dyn Handler> = Arc::new(AppHandler(self.shared.clone()));
+            tracing::info!(app = %name, addr = %b.local_addr(), "listening");
+            self.listeners.insert(addr, b.start(&name, handler));
+        }
+    }
+
+    /// Stops accepting (serving what is queued), then lets connections finish for up
+    /// to the drain timeout before closing the rest.
+    pub async fn shutdown(self) {
+        let config = self.config();
+        for (_, l) in self.listeners {
+            l.retire().await;
+        }
+        let connections = &self.shared.connections;
+        connections.close();
+        if tokio::time::timeout(config.drain_timeout, connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                app = %config.name,
+                open = self.shared.active.load(Ordering::Relaxed),
+                "drain timeout reached; closing remaining connections"
+            );
+            self.shared.force_close.cancel();
+            connections.wait().await;
+        }
+        tracing::info!(app = %config.name, "stopped");
+    }
+}
+
+/// Closes connections to a target removed from the config once `drain` has passed.
+fn retire_target(slot: Arc<TargetSlot>, drain: Duration, app_closed: CancellationToken) {
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::time::sleep(drain) => slot.retired.cancel(),
+            // The app's own shutdown closes these connections.
+            _ = app_closed.cancelled() => {}
+        }
+    });
+}
+
+struct AppHandler(Arc<Shared>);
+
+impl Handler for AppHandler {
+    fn handle(&self, stream: TcpStream, peer: SocketAddr) {
+        let shared = &self.0;
+        let route = shared.route.load_full();
+        // Over the limit: reset now. Queueing would only hold the client until its
+        // own timeout; a fast reset lets it retry elsewhere.
+        if shared.active.fetch_add(1, Ordering::AcqRel) >= route.config.max_connections {
+            shared.active.fetch_sub(1, Ordering::AcqRel);
+            tracing::debug!(app = %route.config.name, client = %peer, "connection limit reached; refused");
+            reset(stream);
+            return;
+        }
+        let guard = ActiveGuard(shared.clone());
+        shared
+            .connections
+            .spawn(serve(shared.clone(), route, stream, peer, guard));
+    }
+}
+
+/// Counts a connection as active until dropped, whatever way its task ends.
+struct ActiveGuard(Arc<Shared>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+async fn serve(
+    shared: Arc<Shared>,
+    route: Arc<Route>,
+    mut client: TcpStream,
+    peer: SocketAddr,
+    _guard: ActiveGuard,
+) {
+    let cfg = &route.config;
+    let _ = client.set_nodelay(true);
+    let started = tokio::time::Instant::now();
+    let connected = tokio::select! {
+        r = connect(&route, &shared.resolver, peer) => r,
+        _ = shared.force_close.cancelled() => return reset(client),
+    };
+    let mut target = match connected {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(app = %cfg.name, client = %peer, error = %e, "no target available; resetting client");
+            return reset(client);
+        }
+    };
+    let _ = target.stream.set_nodelay(true);
+    let slot = route.targets[target.index].clone();
+    route.strategy.connected(target.index);
+    let copied = tokio::select! {
+        c = bidirectional(&mut client, &mut target.stream, cfg.buffer_size, cfg.idle_timeout) => Some(c),
+        _ = shared.force_close.cancelled() => None,
+        _ = slot.retired.cancelled() => None,
+    };
+    route.strategy.released(target.index);
+    match copied {
+        Some(c) => tracing::debug!(
+            app = %cfg.name, client = %peer, target = %slot.target, addr = %target.addr,
+            retries = target.retries, sent = c.sent, received = c.received,
+            duration = ?started.elapsed(), reason = c.end.as_str(), "connection closed"
+        ),
+        None => tracing::debug!(
+            app = %cfg.name, client = %peer, target = %slot.target,
+            duration = ?started.elapsed(), reason = "drain_timeout", "connection closed"
+        ),
+    }
+}
+
+/// Closes with RST instead of FIN: the client learns at once that nothing is there.
+fn reset(stream: TcpStream) {
+    let _ = SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+    drop(stream);
+}
