@@ -1,0 +1,212 @@
+//! Test harness: real backends on loopback and a real daemon fed by the real file
+//! watcher. Every wait is on an event (a daemon event, a socket read) bounded by
+//! [`WAIT`], never a sleep.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use fproxy::daemon::{Applied, Event};
+use fproxy::{ConfigSubscriber, Daemon, FileWatcher, Registry};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{broadcast, oneshot};
+use tokio::task::JoinHandle;
+
+/// Upper bound for anything a test waits on; reached only when something is broken.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {
+    tokio::time::timeout(WAIT, f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// A port nothing listens on (bound then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+/// An address that refuses connections.
+pub fn dead_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+/// A plain echo backend.
+pub async fn echo_backend(bind: &str) -> SocketAddr {
+    let l = TcpListener::bind(bind).await.expect("bind backend");
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// An echo backend that first sends its one-byte tag, so a client can tell which
+/// backend it reached.
+pub async fn tagged_backend(tag: u8) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind backend");
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                if s.write_all(&[tag]).await.is_err() {
+                    return;
+                }
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Connects and returns the backend's tag.
+pub async fn which(addr: SocketAddr) -> std::io::Result<(u8, TcpStream)> {
+    let mut s = TcpStream::connect(addr).await?;
+    let mut tag = [0u8; 1];
+    tokio::time::timeout(WAIT, s.read_exact(&mut tag))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no tag"))??;
+    Ok((tag[0], s))
+}
+
+/// One short connection: send `payload`, half-close, expect it back whole.
+pub async fn ping(addr: SocketAddr, payload: &[u8]) -> std::io::Result<()> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_all(payload).await?;
+    s.shutdown().await?;
+    let mut back = Vec::with_capacity(payload.len());
+    tokio::time::timeout(WAIT, s.read_to_end(&mut back))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no echo"))??;
+    if back != payload {
+        return Err(std::io::Error::other(format!(
+            "echo mismatch: sent {} bytes, got {}",
+            payload.len(),
+            back.len()
+        )));
+    }
+    Ok(())
+}
+
+/// A round trip on an open connection.
+pub async fn roundtrip(s: &mut TcpStream, payload: &[u8]) -> std::io::Result<()> {
+    s.write_all(payload).await?;
+    let mut back = vec![0u8; payload.len()];
+    tokio::time::timeout(WAIT, s.read_exact(&mut back))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no echo"))??;
+    assert_eq!(back, payload);
+    Ok(())
+}
+
+/// The daemon running on a config file, as the binary runs it.
+pub struct Proxy {
+    pub dir: tempfile::TempDir,
+    pub path: PathBuf,
+    pub events: broadcast::Receiver<Event>,
+    stop: Option<oneshot::Sender<()>>,
+    pub task: JoinHandle<Result<(), fproxy::daemon::ApplyError>>,
+    pub first: Applied,
+}
+
+impl Proxy {
+    /// Writes `config` and starts the daemon on it; returns once it is applied.
+    pub async fn start(config: &str) -> Proxy {
+        Self::start_with(Registry::default(), config).await
+    }
+
+    pub async fn start_with(registry: Registry, config: &str) -> Proxy {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(&path, config).unwrap();
+        let daemon = Daemon::new(registry);
+        let mut events = daemon.events();
+        let sub = FileWatcher::new(&path)
+            .subscribe(daemon.validator())
+            .expect("initial config is valid");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(daemon.run(sub, async {
+            let _ = stopped.await;
+        }));
+        let first = match within("first rollout", events.recv()).await.unwrap() {
+            Event::Applied(a) => a,
+            other => panic!("first config not applied: {other:?}"),
+        };
+        Proxy {
+            dir,
+            path,
+            events,
+            stop: Some(stop),
+            task,
+            first,
+        }
+    }
+
+    /// Bound addresses of `app` after the first rollout.
+    pub fn addr(&self, app: &str) -> SocketAddr {
+        self.first.listeners[app][0]
+    }
+
+    /// Replaces the config file the way editors do (write a temp file, rename it
+    /// over) and returns the daemon's verdict.
+    pub async fn reload(&mut self, config: &str) -> Event {
+        let tmp = self.dir.path().join(".config.json.tmp");
+        std::fs::write(&tmp, config).unwrap();
+        std::fs::rename(&tmp, &self.path).unwrap();
+        within("reload event", self.events.recv()).await.unwrap()
+    }
+
+    pub async fn reload_ok(&mut self, config: &str) -> Applied {
+        match self.reload(config).await {
+            Event::Applied(a) => a,
+            Event::Refused { error } => panic!("reload refused: {error}"),
+        }
+    }
+
+    /// Stops the daemon (drains) and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        within("daemon stop", &mut self.task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// A JSON string list.
+pub fn list<T: ToString>(items: &[T]) -> String {
+    let quoted: Vec<String> = items
+        .iter()
+        .map(|i| format!("\"{}\"", i.to_string()))
+        .collect();
+    format!("[{}]", quoted.join(","))
+}
+
+/// A one-app config on a given listen address.
+pub fn app(name: &str, listen: &[&str], targets: &[SocketAddr], extra: &str) -> String {
+    format!(
+        r#"{{"name":"{name}","listen":{},"targets":{}{extra}}}"#,
+        list(listen),
+        list(targets)
+    )
+}
+
+pub fn config(apps: &[String]) -> String {
+    format!(r#"{{"apps":[{}]}}"#, apps.join(","))
+}
