@@ -23,7 +23,7 @@ use tokio::task::JoinSet;
 
 use crate::config::{AppConfig, Config, Validator};
 use crate::dns::Resolver;
-use crate::listener::Bound;
+use crate::listener::{Bound, BoundSet};
 use crate::proxy::TcpApp;
 use crate::strategy::Registry;
 use crate::watch::{Subscription, Update};
@@ -106,7 +106,7 @@ impl Daemon {
 
         // Phase 1: bind every address that is new to its app. On error the sockets
         // bound so far are dropped with `staged`.
-        let mut staged: Vec<(Arc<AppConfig>, Vec<(SocketAddr, Bound)>)> = Vec::new();
+        let mut staged: Vec<(Arc<AppConfig>, BoundSet)> = Vec::new();
         for app in config.apps {
             let running = self.apps.get(&app.name).map(TcpApp::config);
             if running.as_deref() == Some(&app) {
@@ -216,7 +216,7 @@ impl Daemon {
                 }
             }
         }
-        tracing::info!("shutting down: no new connections; draining open ones");
+        tracing::info!("shutdown requested");
         self.shutdown().await;
         Ok(())
     }
@@ -226,10 +226,17 @@ impl Daemon {
         let _ = self.events.send(Event::Refused { error });
     }
 
-    /// Stops every app (each drains up to its own drain timeout) and waits for apps
-    /// removed earlier that are still draining.
+    /// Stops every app: first all listeners (so no port accepts any more), then
+    /// each app drains up to its own drain timeout. Also waits for apps removed
+    /// earlier that are still draining.
     pub async fn shutdown(mut self) {
-        for (_, app) in std::mem::take(&mut self.apps) {
+        let mut apps = std::mem::take(&mut self.apps);
+        for app in apps.values_mut() {
+            app.stop_accepting().await;
+        }
+        let open: usize = apps.values().map(TcpApp::active_connections).sum();
+        tracing::info!(open, "all listeners closed; draining connections");
+        for (_, app) in apps {
             self.draining.spawn(app.shutdown());
         }
         while self.draining.join_next().await.is_some() {}

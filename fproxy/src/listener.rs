@@ -30,6 +30,10 @@ pub trait Handler: Send + Sync + 'static {
     fn handle(&self, stream: TcpStream, peer: SocketAddr);
 }
 
+/// Sockets bound for an app, each with the configured address it serves (which
+/// differs from the bound one for port 0).
+pub type BoundSet = Vec<(SocketAddr, Bound)>;
+
 /// A bound, listening socket whose connections queue until [`Bound::start`].
 #[derive(Debug)]
 pub struct Bound {

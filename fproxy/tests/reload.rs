@@ -30,7 +30,7 @@ async fn changed_targets_apply_to_new_connections() {
 async fn add_and_remove_apps_leave_others_untouched() {
     let backend = echo_backend("127.0.0.1:0").await;
     let keep = app("keep", &["127.0.0.1:0"], &[backend], "");
-    let mut p = Proxy::start(&config(&[keep.clone()])).await;
+    let mut p = Proxy::start(&config(std::slice::from_ref(&keep))).await;
     let keep_addr = p.addr("keep");
     let mut open = TcpStream::connect(keep_addr).await.unwrap();
     roundtrip(&mut open, b"before").await.unwrap();

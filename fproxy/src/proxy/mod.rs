@@ -25,7 +25,7 @@ pub use copy::{bidirectional, Copied, End};
 
 use crate::config::{AppConfig, Target};
 use crate::dns::Resolver;
-use crate::listener::{Bound, Handler, Listener};
+use crate::listener::{BoundSet, Handler, Listener};
 use crate::strategy::{Registry, Strategy};
 
 /// One routing snapshot of an app.
@@ -105,7 +105,7 @@ impl TcpApp {
     /// Starts an app on listeners the caller has already bound.
     pub fn start(
         config: Arc<AppConfig>,
-        bound: Vec<(SocketAddr, Bound)>,
+        bound: BoundSet,
         registry: &Registry,
         resolver: Resolver,
     ) -> TcpApp {
@@ -144,7 +144,7 @@ impl TcpApp {
     pub fn update(
         &mut self,
         config: Arc<AppConfig>,
-        added: Vec<(SocketAddr, Bound)>,
+        added: BoundSet,
         registry: &Registry,
     ) -> Vec<Listener> {
         let old = self.shared.route.load_full();
@@ -172,7 +172,7 @@ impl TcpApp {
             .collect()
     }
 
-    fn start_listeners(&mut self, bound: Vec<(SocketAddr, Bound)>) {
+    fn start_listeners(&mut self, bound: BoundSet) {
         let name = self.shared.route.load().config.name.clone();
         for (addr, b) in bound {
             let handler: Arc<dyn Handler> = Arc::new(AppHandler(self.shared.clone()));
@@ -181,13 +181,18 @@ impl TcpApp {
         }
     }
 
-    /// Stops accepting (serving what is queued), then lets connections finish for up
-    /// to the drain timeout before closing the rest.
-    pub async fn shutdown(self) {
-        let config = self.config();
-        for (_, l) in self.listeners {
+    /// Stops accepting: every listener serves what is already queued, then closes.
+    pub async fn stop_accepting(&mut self) {
+        for (_, l) in std::mem::take(&mut self.listeners) {
             l.retire().await;
         }
+    }
+
+    /// Stops accepting, then lets connections finish for up to the drain timeout
+    /// before closing the rest.
+    pub async fn shutdown(mut self) {
+        self.stop_accepting().await;
+        let config = self.config();
         let connections = &self.shared.connections;
         connections.close();
         if tokio::time::timeout(config.drain_timeout, connections.wait())

@@ -1,0 +1,130 @@
+//! The `fproxy` binary: `check`, and draining on SIGTERM.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+
+use common::*;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpStream;
+
+const BIN: &str = env!("CARGO_BIN_EXE_fproxy");
+
+#[test]
+fn check_summarises_a_valid_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.json");
+    std::fs::write(
+        &path,
+        r#"{"Apps":[{"Name":"five-thousand","Ports":[5001,5200],"Targets":["tcp-echo.fly.dev:5001"]}]}"#,
+    )
+    .unwrap();
+    let out = Command::new(BIN).arg("check").arg(&path).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains(
+            "five-thousand: tcp listen 0.0.0.0:5001,0.0.0.0:5200 -> tcp-echo.fly.dev:5001"
+        ),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_names_the_problem_and_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.json");
+    std::fs::write(
+        &path,
+        r#"{"apps":[{"name":"web","ports":[80],"targets":[]}]}"#,
+    )
+    .unwrap();
+    // The path may also come from the environment, as for the daemon.
+    let out = Command::new(BIN)
+        .arg("check")
+        .env("FPROXY_CONFIG_PATH", &path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("app \"web\": targets: must list at least one target"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn refuses_to_start_on_an_invalid_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.json");
+    std::fs::write(&path, "{\"apps\": [}").unwrap();
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("line 1 column 11"), "{stderr}");
+}
+
+#[tokio::test]
+async fn sigterm_drains_open_connections_then_exits_zero() {
+    let backend = echo_backend("127.0.0.1:0").await;
+    let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.json");
+    std::fs::write(
+        &path,
+        config(&[app(
+            "d",
+            &[&listen.to_string()],
+            &[backend],
+            r#","drain_timeout":"20s""#,
+        )]),
+    )
+    .unwrap();
+    let mut child = tokio::process::Command::new(BIN)
+        .env("FPROXY_CONFIG_PATH", &path)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut log = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut wait_for = async |what: &str| {
+        within(what, async {
+            while let Some(line) = log.next_line().await.unwrap() {
+                if line.contains(what) {
+                    return;
+                }
+            }
+            panic!("fproxy exited before logging {what:?}");
+        })
+        .await
+    };
+
+    wait_for("config applied").await;
+    let mut open = TcpStream::connect(listen).await.unwrap();
+    roundtrip(&mut open, b"up").await.unwrap();
+
+    kill(Pid::from_raw(child.id().unwrap() as i32), Signal::SIGTERM).unwrap();
+    wait_for("all listeners closed").await;
+    // New connections are refused...
+    assert!(
+        TcpStream::connect(listen).await.is_err(),
+        "still accepting after SIGTERM"
+    );
+    // ...while the open one keeps working, and the process waits for it.
+    roundtrip(&mut open, b"still draining").await.unwrap();
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "exited before the drain"
+    );
+    drop(open);
+    let status = within("exit after drain", child.wait()).await.unwrap();
+    assert!(status.success(), "{status}");
+}
