@@ -75,15 +75,6 @@ pub struct AppConfig {
     pub buffer_size: usize,
 }
 
-impl AppConfig {
-    /// True when `other` listens on exactly the same addresses.
-    pub fn same_listeners(&self, other: &AppConfig) -> bool {
-        let a: BTreeSet<_> = self.listen.iter().collect();
-        let b: BTreeSet<_> = other.listen.iter().collect();
-        a == b
-    }
-}
-
 /// Where a connection can be forwarded to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Target {

@@ -108,9 +108,9 @@ impl Listener {
     }
 
     /// Stops accepting, serves what the kernel already queued, then closes.
-    pub async fn retire(self) {
+    pub async fn retire(mut self) {
         self.stop.cancel();
-        let _ = self.task.await;
+        let _ = (&mut self.task).await;
         // The accept task is gone; take what is left in the queue with direct,
         // non-blocking accepts (tokio's readiness may lag the kernel's queue).
         let sock = SockRef::from(&*self.listener);
@@ -137,6 +137,14 @@ impl Listener {
         }
         tracing::debug!(addr = %self.local, queued = served, "listener retired");
         // Dropping the last reference closes the socket.
+    }
+}
+
+impl Drop for Listener {
+    /// A listener dropped without [`Listener::retire`] still stops its accept task
+    /// (which would otherwise keep the socket open forever).
+    fn drop(&mut self) {
+        self.stop.cancel();
     }
 }
 
@@ -202,4 +210,75 @@ fn is_transient(e: &io::Error) -> bool {
             | io::ErrorKind::ConnectionReset
             | io::ErrorKind::Interrupted
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::sync::mpsc;
+
+    /// Panics on its first connection, reports the others.
+    struct Flaky {
+        calls: AtomicUsize,
+        seen: mpsc::UnboundedSender<SocketAddr>,
+    }
+
+    impl Handler for Flaky {
+        fn handle(&self, _stream: TcpStream, peer: SocketAddr) {
+            if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                panic!("handler bug");
+            }
+            let _ = self.seen.send(peer);
+        }
+    }
+
+    #[tokio::test]
+    async fn accept_loop_is_restarted_after_a_panic() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let handler = Arc::new(Flaky {
+            calls: AtomicUsize::new(0),
+            seen: tx,
+        });
+        let bound = Bound::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = bound.local_addr();
+        let listener = bound.start("t", handler.clone());
+        let _first = TcpStream::connect(addr).await.unwrap();
+        // The second client waits in the accept queue (same socket) until the
+        // restarted loop takes it.
+        let second = TcpStream::connect(addr).await.unwrap();
+        let peer = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("listener was not restarted")
+            .unwrap();
+        assert_eq!(peer, second.local_addr().unwrap());
+        assert_eq!(handler.calls.load(Ordering::SeqCst), 2);
+        listener.retire().await;
+    }
+
+    #[tokio::test]
+    async fn retire_serves_the_queue_then_closes() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        struct Count(mpsc::UnboundedSender<SocketAddr>);
+        impl Handler for Count {
+            fn handle(&self, _s: TcpStream, peer: SocketAddr) {
+                let _ = self.0.send(peer);
+            }
+        }
+        let bound = Bound::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = bound.local_addr();
+        // Clients queue in the kernel before accepting starts.
+        let mut clients = Vec::new();
+        for _ in 0..5 {
+            clients.push(TcpStream::connect(addr).await.unwrap());
+        }
+        let listener = bound.start("t", Arc::new(Count(tx)));
+        listener.retire().await;
+        let mut served = 0;
+        while rx.try_recv().is_ok() {
+            served += 1;
+        }
+        assert_eq!(served, 5, "queued clients were dropped");
+        assert!(TcpStream::connect(addr).await.is_err(), "still listening");
+    }
 }

@@ -7,7 +7,7 @@
 //! no daemon change.
 
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use notify::event::{AccessKind, AccessMode, EventKind};
@@ -113,7 +113,7 @@ impl ConfigSubscriber for FileWatcher {
             .ok_or_else(|| watch_err("is not a file path".into()))?
             .to_os_string();
 
-        let text = read(&path).map_err(|e| ConfigError::Read {
+        let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::Read {
             path: path.display().to_string(),
             reason: e.to_string(),
         })?;
@@ -190,7 +190,7 @@ async fn reload_loop(
                 Err(_) => break,
             }
         }
-        let text = match read(&path) {
+        let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 tracing::info!(path = %path.display(), "config file is absent; keeping the running config");
@@ -219,8 +219,4 @@ async fn reload_loop(
             return;
         }
     }
-}
-
-fn read(path: &Path) -> io::Result<String> {
-    std::fs::read_to_string(path)
 }

@@ -43,6 +43,13 @@ pub async fn connect(
     let cfg = &route.config;
     let deadline = Instant::now() + cfg.connect_deadline;
     let n = route.targets.len();
+    if n == 0 {
+        // Validation forbids this; an embedder building a Config by hand may not.
+        return Err(ConnectError::Exhausted {
+            deadline: cfg.connect_deadline,
+            last: "the app has no targets".into(),
+        });
+    }
     let first = route.strategy.pick(&Pick {
         client,
         targets: &cfg.targets,

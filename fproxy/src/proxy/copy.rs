@@ -136,16 +136,19 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = vec![0u8; buffer_size];
+    // Reserved, not zeroed: a connection that moves a few bytes touches a page or
+    // two of it, not the whole buffer.
+    let mut buf = Vec::with_capacity(buffer_size);
     loop {
-        let n = reader.read(&mut buf).await.map_err(|_| Side::Read)?;
+        buf.clear();
+        let n = reader.read_buf(&mut buf).await.map_err(|_| Side::Read)?;
         if n == 0 {
             // FIN from this side: pass it on, keep the other direction open.
             writer.shutdown().await.map_err(|_| Side::Write)?;
             return Ok(());
         }
         activity.touch();
-        writer.write_all(&buf[..n]).await.map_err(|_| Side::Write)?;
+        writer.write_all(&buf).await.map_err(|_| Side::Write)?;
         *total += n as u64;
     }
 }
