@@ -14,6 +14,7 @@ Environment:
   FPROXY_CONFIG_PATH  config file to run (same as --config)
   FPROXY_LOG_FORMAT   log format: text or json (same as --log-format)
   RUST_LOG            log filter, e.g. info, fproxy=debug (default: info)
+  TOKIO_WORKER_THREADS  worker threads (default: one per CPU)
 
 Examples:
   fproxy --config config.json          run the apps in config.json, reloading on change
