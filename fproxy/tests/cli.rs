@@ -74,14 +74,14 @@ fn refuses_to_start_on_an_invalid_config() {
 #[tokio::test]
 async fn sigterm_drains_open_connections_then_exits_zero() {
     let backend = echo_backend("127.0.0.1:0").await;
-    let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.json");
     std::fs::write(
         &path,
+        // Port 0: the OS picks a free port, which the log then tells us.
         config(&[app(
             "d",
-            &[&listen.to_string()],
+            &["127.0.0.1:0"],
             &[backend],
             r#","drain_timeout":"20s""#,
         )]),
@@ -95,11 +95,12 @@ async fn sigterm_drains_open_connections_then_exits_zero() {
         .spawn()
         .unwrap();
     let mut log = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut wait_for = async |what: &str| {
+    // Returns the first log line containing `what`.
+    let mut wait_for = async |what: &str| -> String {
         within(what, async {
             while let Some(line) = log.next_line().await.unwrap() {
                 if line.contains(what) {
-                    return;
+                    return line;
                 }
             }
             panic!("fproxy exited before logging {what:?}");
@@ -107,6 +108,12 @@ async fn sigterm_drains_open_connections_then_exits_zero() {
         .await
     };
 
+    let listening = wait_for("listening").await;
+    let listen: SocketAddr = listening
+        .rsplit("addr=")
+        .next()
+        .and_then(|a| a.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no address in {listening:?}"));
     wait_for("config applied").await;
     let mut open = TcpStream::connect(listen).await.unwrap();
     roundtrip(&mut open, b"up").await.unwrap();

@@ -1,0 +1,232 @@
+//! The result of a load run: text for people, JSON for scripts.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use super::worker::{Errors, Outcome};
+use super::{Length, Plan, Shared};
+use crate::exchange::Failure;
+
+/// Latency of successful requests, in microseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    pub min: u64,
+    pub mean: f64,
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    #[serde(rename = "p99_9")]
+    pub p999: u64,
+    pub max: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// ADDR as given, and the address used.
+    pub target: String,
+    pub addr: SocketAddr,
+    pub concurrency: usize,
+    pub size: usize,
+    /// "keep-alive" or "new-connection-per-request".
+    pub connection_mode: &'static str,
+    /// Requests per second asked for (open loop); null for closed loop.
+    pub rate: Option<f64>,
+    /// Asked-for run length: seconds, or a request count.
+    pub duration_s: Option<f64>,
+    pub requests_planned: Option<u64>,
+    pub elapsed_s: f64,
+    /// Requests sent (ok + failed).
+    pub requests: u64,
+    pub ok: u64,
+    pub failed: u64,
+    /// Successful requests per second.
+    pub requests_per_sec: f64,
+    /// Payload bytes echoed per second, each way.
+    pub bytes_per_s: f64,
+    pub connections: u64,
+    /// Absent when no request succeeded.
+    pub latency_us: Option<Latency>,
+    /// Failed requests by kind; every kind is present.
+    pub errors: BTreeMap<Failure, u64>,
+    /// The first message of each kind that occurred.
+    pub error_examples: BTreeMap<Failure, String>,
+    /// Stopped early by Ctrl-C.
+    pub interrupted: bool,
+}
+
+impl Report {
+    pub(super) fn build(
+        plan: &Plan,
+        shared: &Shared,
+        outcomes: Vec<Outcome>,
+        elapsed: Duration,
+        interrupted: bool,
+    ) -> Report {
+        let mut errors = Errors::default();
+        let mut connections = 0;
+        for o in outcomes {
+            connections += o.connections;
+            errors.merge(o.errors);
+        }
+        let latency = merged(shared).filter(|h| !h.is_empty()).map(|h| Latency {
+            min: h.min(),
+            mean: h.mean(),
+            p50: h.value_at_quantile(0.50),
+            p90: h.value_at_quantile(0.90),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+        });
+        let ok = shared.ok.load(Ordering::Relaxed);
+        let failed = shared.failed.load(Ordering::Relaxed);
+        let secs = elapsed.as_secs_f64().max(1e-9);
+        Report {
+            target: plan.target.clone(),
+            addr: plan.addr,
+            concurrency: plan.concurrency,
+            size: plan.size,
+            connection_mode: if plan.new_connection_per_request {
+                "new-connection-per-request"
+            } else {
+                "keep-alive"
+            },
+            rate: plan.rate,
+            duration_s: match plan.length {
+                Length::Duration(d) => Some(d.as_secs_f64()),
+                Length::Requests(_) => None,
+            },
+            requests_planned: match plan.length {
+                Length::Requests(n) => Some(n),
+                Length::Duration(_) => None,
+            },
+            elapsed_s: elapsed.as_secs_f64(),
+            requests: ok + failed,
+            ok,
+            failed,
+            requests_per_sec: ok as f64 / secs,
+            bytes_per_s: (ok as f64 * plan.size as f64) / secs,
+            connections,
+            latency_us: latency,
+            errors: Failure::ALL
+                .iter()
+                .map(|&k| (k, errors.counts[k as usize]))
+                .collect(),
+            error_examples: Failure::ALL
+                .iter()
+                .filter_map(|&k| errors.first[k as usize].clone().map(|m| (k, m)))
+                .collect(),
+            interrupted,
+        }
+    }
+
+    /// Failed requests of one kind.
+    pub fn errors_of(&self, kind: Failure) -> u64 {
+        self.errors.get(&kind).copied().unwrap_or(0)
+    }
+
+    pub fn write_text(&self, out: &mut dyn Write) -> std::io::Result<()> {
+        let schedule = match self.rate {
+            Some(r) => format!("open loop at {r} req/s (latency from each scheduled send)"),
+            None => "closed loop".into(),
+        };
+        let length = match (self.duration_s, self.requests_planned) {
+            (Some(d), _) => format!("for {d} s"),
+            (_, Some(n)) => format!("{n} requests"),
+            _ => String::new(),
+        };
+        writeln!(
+            out,
+            "SIMULATE {}: {} workers, {}-byte requests, {}, {schedule}, {length}{}",
+            self.target,
+            self.concurrency,
+            self.size,
+            self.connection_mode,
+            if self.interrupted {
+                " (interrupted)"
+            } else {
+                ""
+            }
+        )?;
+        writeln!(
+            out,
+            "requests:    {} ok, {} failed in {:.2} s",
+            self.ok, self.failed, self.elapsed_s
+        )?;
+        writeln!(
+            out,
+            "throughput:  {:.1} req/s, {} each way",
+            self.requests_per_sec,
+            per_second(self.bytes_per_s)
+        )?;
+        writeln!(out, "connections: {} opened", self.connections)?;
+        match &self.latency_us {
+            Some(l) => {
+                writeln!(
+                    out,
+                    "latency ms:  p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  (mean {}, min {})",
+                    us(l.p50 as f64),
+                    us(l.p90 as f64),
+                    us(l.p99 as f64),
+                    us(l.p999 as f64),
+                    us(l.max as f64),
+                    us(l.mean),
+                    us(l.min as f64)
+                )?;
+            }
+            None => writeln!(out, "latency:     no successful request")?,
+        }
+        let kinds: Vec<String> = self
+            .errors
+            .iter()
+            .filter(|(_, &n)| n > 0)
+            .map(|(k, n)| format!("{n} {}", k.as_str()))
+            .collect();
+        if kinds.is_empty() {
+            writeln!(out, "errors:      none")?;
+        } else {
+            writeln!(out, "errors:      {}", kinds.join(", "))?;
+            for (k, m) in &self.error_examples {
+                writeln!(out, "  first {}: {m}", k.as_str())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn merged(shared: &Shared) -> Option<Histogram<u64>> {
+    let mut all: Option<Histogram<u64>> = None;
+    for shard in &shared.histograms {
+        let h = shard.lock().unwrap_or_else(|p| p.into_inner());
+        match &mut all {
+            None => all = Some(h.clone()),
+            // Shards share bounds, so adding cannot fail; should it, the shard is
+            // left out rather than the whole report lost.
+            Some(a) => {
+                let _ = a.add(&*h);
+            }
+        }
+    }
+    all
+}
+
+/// Microseconds as milliseconds with three decimals.
+fn us(v: f64) -> String {
+    format!("{:.3}", v / 1000.0)
+}
+
+fn per_second(bytes: f64) -> String {
+    const UNITS: [&str; 4] = ["B/s", "KiB/s", "MiB/s", "GiB/s"];
+    let mut v = bytes;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    format!("{v:.1} {}", UNITS[u])
+}
