@@ -21,10 +21,12 @@ use std::sync::Arc;
 use tokio::sync::broadcast;
 use tokio::task::JoinSet;
 
-use crate::config::{AppConfig, Config, Validator};
+use crate::app::App;
+use crate::config::{AppConfig, Config, Kind, Validator};
 use crate::dns::Resolver;
 use crate::listener::{Bound, BoundSet};
 use crate::proxy::TcpApp;
+use crate::spec::SpecApp;
 use crate::strategy::Registry;
 use crate::watch::{Subscription, Update};
 
@@ -66,7 +68,7 @@ pub struct Applied {
 pub struct Daemon {
     registry: Registry,
     resolver: Resolver,
-    apps: BTreeMap<String, TcpApp>,
+    apps: BTreeMap<String, Box<dyn App>>,
     version: u64,
     events: broadcast::Sender<Event>,
     /// Removed apps still draining.
@@ -97,7 +99,7 @@ impl Daemon {
 
     /// Bound addresses of a running app.
     pub fn local_addrs(&self, app: &str) -> Option<Vec<SocketAddr>> {
-        self.apps.get(app).map(TcpApp::local_addrs)
+        self.apps.get(app).map(|a| a.local_addrs())
     }
 
     /// Rolls out `config` (see the module docs). On error nothing changed.
@@ -108,21 +110,26 @@ impl Daemon {
         // bound so far are dropped with `staged`.
         let mut staged: Vec<(Arc<AppConfig>, BoundSet)> = Vec::new();
         for app in config.apps {
-            let running = self.apps.get(&app.name).map(TcpApp::config);
+            let running = self.apps.get(&app.name).map(|a| a.config());
             if running.as_deref() == Some(&app) {
                 continue;
             }
+            // An app that changes kind is replaced: it keeps no listener.
+            let kept = match &running {
+                Some(r) if r.kind.name() == app.kind.name() => r.addresses(),
+                _ => Vec::new(),
+            };
             let mut bound = Vec::new();
-            for addr in &app.listen {
-                if running.as_ref().is_some_and(|r| r.listen.contains(addr)) {
+            for addr in app.addresses() {
+                if kept.contains(&addr) {
                     continue;
                 }
-                let b = Bound::bind(*addr).map_err(|source| ApplyError::Bind {
+                let b = Bound::bind(addr).map_err(|source| ApplyError::Bind {
                     app: app.name.clone(),
-                    addr: *addr,
+                    addr,
                     source,
                 })?;
-                bound.push((*addr, b));
+                bound.push((addr, b));
             }
             staged.push((Arc::new(app), bound));
         }
@@ -134,25 +141,37 @@ impl Daemon {
             ..Applied::default()
         };
         let mut retired = Vec::new();
+        let mut replaced = Vec::new();
         for (app, bound) in staged {
-            match self.apps.get_mut(&app.name) {
-                Some(running) => {
+            let same_kind = self
+                .apps
+                .get(&app.name)
+                .is_some_and(|r| r.config().kind.name() == app.kind.name());
+            if same_kind {
+                if let Some(running) = self.apps.get_mut(&app.name) {
                     result.changed.push(app.name.clone());
-                    retired.extend(running.update(app, bound, &self.registry));
+                    retired.extend(running.update(app, bound));
                 }
-                None => {
-                    result.added.push(app.name.clone());
-                    let name = app.name.clone();
-                    let rt = TcpApp::start(app, bound, &self.registry, self.resolver.clone());
-                    self.apps.insert(name, rt);
-                }
+                continue;
             }
+            if let Some(old) = self.apps.remove(&app.name) {
+                result.changed.push(app.name.clone());
+                replaced.push(old);
+            } else {
+                result.added.push(app.name.clone());
+            }
+            let name = app.name.clone();
+            let rt = self.start_app(app, bound);
+            self.apps.insert(name, rt);
         }
 
         // Phase 3: retire. Listeners first (quick: they serve their queue and close),
         // so a port that moved between apps stops being served by the old one.
         for listener in retired {
             listener.retire().await;
+        }
+        for app in replaced {
+            self.draining.spawn(app.shutdown());
         }
         let gone: Vec<String> = self
             .apps
@@ -182,6 +201,18 @@ impl Daemon {
             "config applied"
         );
         Ok(result)
+    }
+
+    fn start_app(&self, app: Arc<AppConfig>, bound: BoundSet) -> Box<dyn App> {
+        match &app.kind {
+            Kind::Tcp(_) => Box::new(TcpApp::start(
+                app,
+                bound,
+                self.registry.clone(),
+                self.resolver.clone(),
+            )),
+            Kind::Spec(_) => Box::new(SpecApp::start(app, bound)),
+        }
     }
 
     /// Applies updates from `subscription` until `shutdown` completes, then stops
@@ -234,7 +265,7 @@ impl Daemon {
         for app in apps.values_mut() {
             app.stop_accepting().await;
         }
-        let open: usize = apps.values().map(TcpApp::active_connections).sum();
+        let open: usize = apps.values().map(|a| a.active_connections()).sum();
         tracing::info!(open, "all listeners closed; draining connections");
         for (_, app) in apps {
             self.draining.spawn(app.shutdown());

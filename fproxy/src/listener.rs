@@ -8,6 +8,7 @@
 //! kernel's accept queue before closing. Closing with a non-empty queue would reset
 //! those clients.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -81,6 +82,55 @@ impl Bound {
             handler,
             stop,
             task,
+        }
+    }
+}
+
+/// An app's listeners, keyed by configured address.
+#[derive(Debug, Default)]
+pub struct Listeners {
+    map: BTreeMap<SocketAddr, Listener>,
+}
+
+impl Listeners {
+    /// Starts accepting on `bound`, each address with the handler `handler_for` gives.
+    pub fn start(
+        &mut self,
+        app: &str,
+        bound: BoundSet,
+        mut handler_for: impl FnMut(SocketAddr) -> Arc<dyn Handler>,
+    ) {
+        for (addr, b) in bound {
+            tracing::info!(app, addr = %b.local_addr(), "listening");
+            let handler = handler_for(addr);
+            self.map.insert(addr, b.start(app, handler));
+        }
+    }
+
+    /// Takes out the listeners whose address is not in `keep`.
+    pub fn remove_except(&mut self, keep: &[SocketAddr]) -> Vec<Listener> {
+        let gone: Vec<SocketAddr> = self
+            .map
+            .keys()
+            .filter(|a| !keep.contains(a))
+            .copied()
+            .collect();
+        gone.iter().filter_map(|a| self.map.remove(a)).collect()
+    }
+
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.map.values().map(Listener::local_addr).collect()
+    }
+
+    /// Whether `configured` (an address as written in config) is one of these.
+    pub fn contains(&self, configured: &SocketAddr) -> bool {
+        self.map.contains_key(configured)
+    }
+
+    /// Retires every listener (see [`Listener::retire`]).
+    pub async fn retire_all(&mut self) {
+        for (_, l) in std::mem::take(&mut self.map) {
+            l.retire().await;
         }
     }
 }

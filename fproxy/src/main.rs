@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use fproxy::config::Kind;
 use fproxy::{ConfigSubscriber, Daemon, FileWatcher, Registry};
 use tracing_subscriber::EnvFilter;
 
@@ -88,16 +89,41 @@ fn check(path: Option<PathBuf>) -> anyhow::Result<()> {
         .load(&path)
         .with_context(|| format!("{} is not a valid config", path.display()))?;
     for app in &config.apps {
-        let listen: Vec<String> = app.listen.iter().map(ToString::to_string).collect();
-        let targets: Vec<String> = app.targets.iter().map(ToString::to_string).collect();
-        println!(
-            "{}: {} listen {} -> {} ({})",
-            app.name,
-            app.kind,
-            listen.join(","),
-            targets.join(","),
-            app.strategy
-        );
+        let list = |addrs: &[std::net::SocketAddr]| {
+            addrs
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        match &app.kind {
+            Kind::Tcp(t) => {
+                let targets: Vec<String> = t.targets.iter().map(ToString::to_string).collect();
+                println!(
+                    "{}: tcp listen {} -> {} ({})",
+                    app.name,
+                    list(&app.listen),
+                    targets.join(","),
+                    t.strategy
+                );
+            }
+            Kind::Spec(s) => println!(
+                "{}: spec http {} grpc {} <- {} every {}",
+                app.name,
+                if app.listen.is_empty() {
+                    "-".into()
+                } else {
+                    list(&app.listen)
+                },
+                if s.grpc_listen.is_empty() {
+                    "-".into()
+                } else {
+                    list(&s.grpc_listen)
+                },
+                s.upstream,
+                humantime::format_duration(s.poll_interval)
+            ),
+        }
     }
     println!("{}: ok, {} app(s)", path.display(), config.apps.len());
     Ok(())

@@ -98,7 +98,7 @@ pub async fn connect(
                 Err(_) => last = format!("connect {target} ({addr}): timed out"),
             }
             retries += 1;
-            tracing::debug!(app = %cfg.name, %client, error = %last, "connect attempt failed");
+            tracing::debug!(app = %route.app.name, %client, error = %last, "connect attempt failed");
         }
     }
     Err(ConnectError::Exhausted {

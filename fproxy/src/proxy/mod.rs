@@ -8,7 +8,6 @@
 mod connect;
 mod copy;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -23,14 +22,18 @@ use tokio_util::task::TaskTracker;
 pub use connect::{connect, ConnectError, Connected};
 pub use copy::{bidirectional, Copied, End};
 
-use crate::config::{AppConfig, Target};
+use crate::app::{App, BoxFuture};
+use crate::config::{AppConfig, Kind, Target, TcpConfig};
 use crate::dns::Resolver;
-use crate::listener::{BoundSet, Handler, Listener};
+use crate::listener::{BoundSet, Handler, Listener, Listeners};
 use crate::strategy::{Registry, Strategy};
 
 /// One routing snapshot of an app.
 pub struct Route {
-    pub config: Arc<AppConfig>,
+    /// The whole app config (name, drain timeout) this snapshot came from.
+    pub app: Arc<AppConfig>,
+    /// Its TCP settings.
+    pub config: TcpConfig,
     /// One slot per configured target, in config order.
     pub targets: Vec<Arc<TargetSlot>>,
     pub strategy: Arc<dyn Strategy>,
@@ -48,7 +51,12 @@ pub struct TargetSlot {
 impl Route {
     /// Builds a snapshot, reusing `previous`'s slots (and its strategy, when neither
     /// the targets nor the strategy changed, so round robin keeps its place).
-    fn build(config: Arc<AppConfig>, registry: &Registry, previous: Option<&Route>) -> Route {
+    fn build(app: Arc<AppConfig>, registry: &Registry, previous: Option<&Route>) -> Route {
+        let config = match &app.kind {
+            Kind::Tcp(t) => t.clone(),
+            // The daemon only hands a TCP app TCP configs.
+            Kind::Spec(_) => unreachable!("a spec config reached a TCP app"),
+        };
         let targets: Vec<Arc<TargetSlot>> = config
             .targets
             .iter()
@@ -77,6 +85,7 @@ impl Route {
                 .unwrap_or_else(|| Arc::new(crate::strategy::RoundRobin::default())),
         };
         Route {
+            app,
             config,
             targets,
             strategy,
@@ -97,8 +106,8 @@ struct Shared {
 /// A running TCP app.
 pub struct TcpApp {
     shared: Arc<Shared>,
-    /// Keyed by the configured address (which may have port 0).
-    listeners: BTreeMap<SocketAddr, Listener>,
+    registry: Registry,
+    listeners: Listeners,
 }
 
 impl TcpApp {
@@ -106,11 +115,11 @@ impl TcpApp {
     pub fn start(
         config: Arc<AppConfig>,
         bound: BoundSet,
-        registry: &Registry,
+        registry: Registry,
         resolver: Resolver,
     ) -> TcpApp {
         let shared = Arc::new(Shared {
-            route: ArcSwap::from_pointee(Route::build(config, registry, None)),
+            route: ArcSwap::from_pointee(Route::build(config, &registry, None)),
             resolver,
             active: AtomicUsize::new(0),
             connections: TaskTracker::new(),
@@ -118,80 +127,20 @@ impl TcpApp {
         });
         let mut app = TcpApp {
             shared,
-            listeners: BTreeMap::new(),
+            registry,
+            listeners: Listeners::default(),
         };
         app.start_listeners(bound);
         app
     }
 
-    pub fn config(&self) -> Arc<AppConfig> {
-        self.shared.route.load().config.clone()
-    }
-
-    /// Bound address of every listener (differs from the configured one for port 0).
-    pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners.values().map(Listener::local_addr).collect()
-    }
-
-    /// Connections currently being proxied.
-    pub fn active_connections(&self) -> usize {
-        self.shared.active.load(Ordering::Relaxed)
-    }
-
-    /// Applies a new config to the running app. `added` holds listeners, already
-    /// bound, for the addresses the app gains. Returns the listeners of addresses it
-    /// loses, for the caller to retire once everything new is in place.
-    pub fn update(
-        &mut self,
-        config: Arc<AppConfig>,
-        added: BoundSet,
-        registry: &Registry,
-    ) -> Vec<Listener> {
-        let old = self.shared.route.load_full();
-        let route = Route::build(config.clone(), registry, Some(&old));
-        for slot in &old.targets {
-            if !route.targets.iter().any(|s| Arc::ptr_eq(s, slot)) {
-                retire_target(
-                    slot.clone(),
-                    config.drain_timeout,
-                    self.shared.force_close.clone(),
-                );
-            }
-        }
-        self.shared.route.store(Arc::new(route));
-        self.start_listeners(added);
-
-        let gone: Vec<SocketAddr> = self
-            .listeners
-            .keys()
-            .filter(|a| !config.listen.contains(a))
-            .copied()
-            .collect();
-        gone.iter()
-            .filter_map(|a| self.listeners.remove(a))
-            .collect()
-    }
-
     fn start_listeners(&mut self, bound: BoundSet) {
-        let name = self.shared.route.load().config.name.clone();
-        for (addr, b) in bound {
-            let handler: Arc<dyn Handler> = Arc::new(AppHandler(self.shared.clone()));
-            tracing::info!(app = %name, addr = %b.local_addr(), "listening");
-            self.listeners.insert(addr, b.start(&name, handler));
-        }
+        let name = self.shared.route.load().app.name.clone();
+        let handler: Arc<dyn Handler> = Arc::new(AppHandler(self.shared.clone()));
+        self.listeners.start(&name, bound, |_| handler.clone());
     }
 
-    /// Stops accepting: every listener serves what is already queued, then closes.
-    pub async fn stop_accepting(&mut self) {
-        for (_, l) in std::mem::take(&mut self.listeners) {
-            l.retire().await;
-        }
-    }
-
-    /// Stops accepting, then lets connections finish for up to the drain timeout
-    /// before closing the rest.
-    pub async fn shutdown(mut self) {
-        self.stop_accepting().await;
+    async fn drain(self) {
         let config = self.config();
         let connections = &self.shared.connections;
         connections.close();
@@ -208,6 +157,48 @@ impl TcpApp {
             connections.wait().await;
         }
         tracing::info!(app = %config.name, "stopped");
+    }
+}
+
+impl App for TcpApp {
+    fn config(&self) -> Arc<AppConfig> {
+        self.shared.route.load().app.clone()
+    }
+
+    fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners.local_addrs()
+    }
+
+    fn active_connections(&self) -> usize {
+        self.shared.active.load(Ordering::Relaxed)
+    }
+
+    fn update(&mut self, config: Arc<AppConfig>, added: BoundSet) -> Vec<Listener> {
+        let old = self.shared.route.load_full();
+        let route = Route::build(config.clone(), &self.registry, Some(&old));
+        for slot in &old.targets {
+            if !route.targets.iter().any(|s| Arc::ptr_eq(s, slot)) {
+                retire_target(
+                    slot.clone(),
+                    config.drain_timeout,
+                    self.shared.force_close.clone(),
+                );
+            }
+        }
+        self.shared.route.store(Arc::new(route));
+        self.start_listeners(added);
+        self.listeners.remove_except(&config.listen)
+    }
+
+    fn stop_accepting(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(self.listeners.retire_all())
+    }
+
+    fn shutdown(mut self: Box<Self>) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            self.listeners.retire_all().await;
+            self.drain().await;
+        })
     }
 }
 
@@ -232,7 +223,7 @@ impl Handler for AppHandler {
         // own timeout; a fast reset lets it retry elsewhere.
         if shared.active.fetch_add(1, Ordering::AcqRel) >= route.config.max_connections {
             shared.active.fetch_sub(1, Ordering::AcqRel);
-            tracing::debug!(app = %route.config.name, client = %peer, "connection limit reached; refused");
+            tracing::debug!(app = %route.app.name, client = %peer, "connection limit reached; refused");
             reset(stream);
             return;
         }
@@ -260,6 +251,7 @@ async fn serve(
     _guard: ActiveGuard,
 ) {
     let cfg = &route.config;
+    let name = &route.app.name;
     let _ = client.set_nodelay(true);
     let started = tokio::time::Instant::now();
     let connected = tokio::select! {
@@ -269,7 +261,7 @@ async fn serve(
     let mut target = match connected {
         Ok(c) => c,
         Err(e) => {
-            tracing::warn!(app = %cfg.name, client = %peer, error = %e, "no target available; resetting client");
+            tracing::warn!(app = %name, client = %peer, error = %e, "no target available; resetting client");
             return reset(client);
         }
     };
@@ -284,12 +276,12 @@ async fn serve(
     route.strategy.released(target.index);
     match copied {
         Some(c) => tracing::debug!(
-            app = %cfg.name, client = %peer, target = %slot.target, addr = %target.addr,
+            app = %name, client = %peer, target = %slot.target, addr = %target.addr,
             retries = target.retries, sent = c.sent, received = c.received,
             duration = ?started.elapsed(), reason = c.end.as_str(), "connection closed"
         ),
         None => tracing::debug!(
-            app = %cfg.name, client = %peer, target = %slot.target,
+            app = %name, client = %peer, target = %slot.target,
             duration = ?started.elapsed(), reason = "drain_timeout", "connection closed"
         ),
     }

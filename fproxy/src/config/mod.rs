@@ -4,31 +4,31 @@
 //! first read as a JSON value (syntax errors carry line and column), then each app is
 //! deserialised on its own so an unknown key or bad type names the app it belongs to.
 //! A [`Config`] that exists has passed validation: the daemon never sees a bad one.
+//!
+//! Fields shared by every app live here; each kind validates its own in [`tcp`] and
+//! [`spec`].
+
+pub mod spec;
+pub mod tcp;
 
 use std::collections::{BTreeSet, HashMap};
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
 
-/// Default values for every optional app field. Documented in `docs/config.md`.
+pub use spec::SpecConfig;
+pub use tcp::{Target, TcpConfig};
+
+/// Defaults shared by every kind.
 pub mod defaults {
     use std::time::Duration;
 
-    pub const STRATEGY: &str = "round_robin";
-    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-    pub const CONNECT_DEADLINE: Duration = Duration::from_secs(3);
-    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
     pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
-    pub const MAX_CONNECTIONS: usize = 10_000;
-    pub const BUFFER_SIZE: usize = 64 * 1024;
+    pub use super::spec::defaults as spec;
+    pub use super::tcp::defaults as tcp;
 }
-
-/// Smallest and largest accepted copy buffer: below 1 KiB a copy is all syscalls,
-/// above 16 MiB a few thousand connections would exhaust memory.
-const BUFFER_SIZE_RANGE: std::ops::RangeInclusive<usize> = 1024..=16 * 1024 * 1024;
 
 /// A validated config: what the daemon runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,106 +36,49 @@ pub struct Config {
     pub apps: Vec<AppConfig>,
 }
 
-/// The kinds of app the daemon can run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AppKind {
-    /// An L4 proxy: each connection is forwarded to one of the targets.
-    Tcp,
-}
-
-impl fmt::Display for AppKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            AppKind::Tcp => f.write_str("tcp"),
-        }
-    }
-}
-
 /// One validated app.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppConfig {
     pub name: String,
-    pub kind: AppKind,
-    /// Every address to listen on: `listen` entries then the `ports` shorthand.
+    /// Addresses to listen on: `listen` entries then the `ports` shorthand. For a
+    /// spec app these serve HTTP.
     pub listen: Vec<SocketAddr>,
-    pub targets: Vec<Target>,
-    pub strategy: String,
-    /// Limit for one connect attempt to one target address.
-    pub connect_timeout: Duration,
-    /// Limit for finding any target that accepts, across all attempts.
-    pub connect_deadline: Duration,
-    /// A proxied connection with no bytes either way for this long is closed.
-    pub idle_timeout: Duration,
-    /// How long connections of a removed app (or a removed target) may run on.
+    /// How long open connections may go on after their app (or, for TCP, their
+    /// target) is removed, or the daemon is stopped.
     pub drain_timeout: Duration,
-    /// Concurrent connections above this are reset at once.
-    pub max_connections: usize,
-    /// Size of each of the two copy buffers of a connection.
-    pub buffer_size: usize,
+    pub kind: Kind,
 }
 
-/// Where a connection can be forwarded to.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Target {
-    /// An IP literal: no resolution needed.
-    Addr(SocketAddr),
-    /// A DNS name, resolved when a connection needs it (cached for the record's TTL).
-    Name { host: String, port: u16 },
+/// What an app does, with the settings of that kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// An L4 proxy: each connection is forwarded to one of the targets.
+    Tcp(TcpConfig),
+    /// A Statsig-compatible config-spec cache served over HTTP and gRPC.
+    Spec(SpecConfig),
 }
 
-impl Target {
-    /// Parses `host:port`, `1.2.3.4:port` or `[::1]:port`.
-    pub fn parse(s: &str) -> Result<Target, String> {
-        if let Ok(addr) = s.parse::<SocketAddr>() {
-            return Ok(Target::Addr(addr));
-        }
-        let (host, port) = s
-            .rsplit_once(':')
-            .ok_or_else(|| format!("`{s}` has no port (expected host:port)"))?;
-        let port = parse_port(port).map_err(|e| format!("`{s}`: {e}"))?;
-        if host.starts_with('[') || host.contains(':') {
-            return Err(format!(
-                "`{s}` is not a valid address (IPv6 targets are written [addr]:port)"
-            ));
-        }
-        if host.parse::<IpAddr>().is_ok() {
-            return Err(format!("`{s}` is not a valid address"));
-        }
-        if !is_valid_hostname(host) {
-            return Err(format!("`{s}`: `{host}` is not a valid host name"));
-        }
-        Ok(Target::Name {
-            host: host.to_ascii_lowercase(),
-            port,
-        })
-    }
-}
-
-impl fmt::Display for Target {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Kind {
+    pub fn name(&self) -> &'static str {
         match self {
-            Target::Addr(a) => write!(f, "{a}"),
-            Target::Name { host, port } => write!(f, "{host}:{port}"),
+            Kind::Tcp(_) => "tcp",
+            Kind::Spec(_) => "spec",
         }
     }
 }
 
-fn is_valid_hostname(host: &str) -> bool {
-    !host.is_empty()
-        && host.len() <= 253
-        && host.trim_end_matches('.').split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
+impl AppConfig {
+    /// Every address the app listens on, whatever the protocol.
+    pub fn addresses(&self) -> Vec<SocketAddr> {
+        let mut all = self.listen.clone();
+        if let Kind::Spec(s) = &self.kind {
+            all.extend(&s.grpc_listen);
+        }
+        all
+    }
 }
 
-fn parse_port(s: &str) -> Result<u16, String> {
+pub(crate) fn parse_port(s: &str) -> Result<u16, String> {
     match s.parse::<u64>() {
         Ok(p @ 1..=65535) => Ok(p as u16),
         Ok(p) => Err(format!("port {p} out of range 1-65535")),
@@ -170,6 +113,68 @@ pub enum ConfigError {
         first: String,
         second: String,
     },
+}
+
+/// Builds errors that name the app, and parses fields shared by kinds.
+pub(crate) struct Fields<'a> {
+    label: &'a str,
+}
+
+impl Fields<'_> {
+    pub(crate) fn err(&self, field: &str, reason: impl Into<String>) -> ConfigError {
+        ConfigError::Field {
+            app: self.label.to_string(),
+            field: field.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    /// A duration written with a unit ("500ms", "2s"); zero is refused.
+    pub(crate) fn duration(
+        &self,
+        name: &str,
+        v: Option<String>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(s) => match humantime::parse_duration(&s) {
+                Ok(d) if d.is_zero() => Err(self.err(name, "must be greater than zero")),
+                Ok(d) => Ok(d),
+                Err(e) => Err(self.err(
+                    name,
+                    format!("{s:?} is not a duration like \"500ms\" or \"2s\": {e}"),
+                )),
+            },
+        }
+    }
+
+    /// Explicit addresses plus the `ports` shorthand (all IPv4 addresses).
+    pub(crate) fn addresses(
+        &self,
+        listen: &[String],
+        ports: &[i64],
+        listen_field: &str,
+        ports_field: &str,
+    ) -> Result<Vec<SocketAddr>, ConfigError> {
+        let mut out = Vec::new();
+        for (i, s) in listen.iter().enumerate() {
+            out.push(parse_listen(s).map_err(|e| self.err(&format!("{listen_field}[{i}]"), e))?);
+        }
+        for (i, p) in ports.iter().enumerate() {
+            let port = match *p {
+                p @ 1..=65535 => p as u16,
+                p => {
+                    return Err(self.err(
+                        &format!("{ports_field}[{i}]"),
+                        format!("port {p} out of range 1-65535"),
+                    ))
+                }
+            };
+            out.push(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port));
+        }
+        Ok(out)
+    }
 }
 
 /// Turns JSON text into a validated [`Config`].
@@ -253,123 +258,56 @@ impl Validator {
         Ok(Config { apps: out })
     }
 
-    fn validate_app(&self, raw: RawApp, label: &str) -> Result<AppConfig, ConfigError> {
-        let field = |field: &str, reason: String| ConfigError::Field {
-            app: label.to_string(),
-            field: field.to_string(),
-            reason,
-        };
+    fn validate_app(&self, mut raw: RawApp, label: &str) -> Result<AppConfig, ConfigError> {
+        let f = Fields { label };
         if raw.name.trim().is_empty() {
-            return Err(field("name", "must not be empty".into()));
+            return Err(f.err("name", "must not be empty"));
         }
-
-        let mut listen = Vec::new();
-        for (i, s) in raw.listen.iter().enumerate() {
-            let addr = parse_listen(s).map_err(|e| field(&format!("listen[{i}]"), e))?;
-            listen.push(addr);
+        let listen = f.addresses(
+            &std::mem::take(&mut raw.listen),
+            &std::mem::take(&mut raw.ports),
+            "listen",
+            "ports",
+        )?;
+        let drain_timeout = f.duration(
+            "drain_timeout",
+            raw.drain_timeout.take(),
+            defaults::DRAIN_TIMEOUT,
+        )?;
+        let kind = match raw.kind.as_deref().unwrap_or("tcp") {
+            "tcp" => Kind::Tcp(TcpConfig::validate(&mut raw, &f, &self.strategies)?),
+            "spec" => Kind::Spec(SpecConfig::validate(&mut raw, &f)?),
+            other => {
+                return Err(f.err("kind", format!("unknown kind {other:?} (known: tcp, spec)")))
+            }
+        };
+        // Each kind took its own fields; whatever is left belongs to another kind.
+        if let Some(field) = raw.leftover() {
+            return Err(f.err(field, format!("does not apply to {} apps", kind.name())));
         }
-        for (i, p) in raw.ports.iter().enumerate() {
-            let port = match *p {
-                p @ 1..=65535 => p as u16,
-                p => {
-                    return Err(field(
-                        &format!("ports[{i}]"),
-                        format!("port {p} out of range 1-65535"),
-                    ))
+        let app = AppConfig {
+            name: raw.name,
+            listen,
+            drain_timeout,
+            kind,
+        };
+        let addresses = app.addresses();
+        if addresses.is_empty() {
+            let hint = match app.kind {
+                Kind::Tcp(_) => "an app needs `ports` or `listen`",
+                Kind::Spec(_) => {
+                    "a spec app needs `listen`/`ports` (HTTP) or `grpc_listen`/`grpc_ports`"
                 }
             };
-            listen.push(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port));
-        }
-        if listen.is_empty() {
-            return Err(field("ports", "an app needs `ports` or `listen`".into()));
+            return Err(f.err("ports", hint));
         }
         let mut seen = BTreeSet::new();
-        for addr in &listen {
+        for addr in &addresses {
             if addr.port() != 0 && !seen.insert(*addr) {
-                return Err(field("listen", format!("{addr} is listed twice")));
+                return Err(f.err("listen", format!("{addr} is listed twice")));
             }
         }
-
-        if raw.targets.is_empty() {
-            return Err(field("targets", "must list at least one target".into()));
-        }
-        let mut targets = Vec::with_capacity(raw.targets.len());
-        for (i, t) in raw.targets.iter().enumerate() {
-            targets.push(Target::parse(t).map_err(|e| field(&format!("targets[{i}]"), e))?);
-        }
-
-        let strategy = raw.strategy.unwrap_or_else(|| defaults::STRATEGY.into());
-        let strategy = strategy.replace('-', "_");
-        if !self.strategies.contains(&strategy) {
-            let known: Vec<_> = self.strategies.iter().map(String::as_str).collect();
-            return Err(field(
-                "strategy",
-                format!(
-                    "unknown strategy {strategy:?} (known: {})",
-                    known.join(", ")
-                ),
-            ));
-        }
-
-        let duration = |name: &str, v: Option<String>, default: Duration| match v {
-            None => Ok(default),
-            Some(s) => match humantime::parse_duration(&s) {
-                Ok(d) if d.is_zero() => Err(field(name, "must be greater than zero".into())),
-                Ok(d) => Ok(d),
-                Err(e) => Err(field(
-                    name,
-                    format!("{s:?} is not a duration like \"500ms\" or \"2s\": {e}"),
-                )),
-            },
-        };
-        let connect_timeout = duration(
-            "connect_timeout",
-            raw.connect_timeout,
-            defaults::CONNECT_TIMEOUT,
-        )?;
-        let connect_deadline = duration(
-            "connect_deadline",
-            raw.connect_deadline,
-            defaults::CONNECT_DEADLINE.max(connect_timeout),
-        )?;
-        if connect_deadline < connect_timeout {
-            return Err(field(
-                "connect_deadline",
-                "must be at least connect_timeout".into(),
-            ));
-        }
-        let idle_timeout = duration("idle_timeout", raw.idle_timeout, defaults::IDLE_TIMEOUT)?;
-        let drain_timeout = duration("drain_timeout", raw.drain_timeout, defaults::DRAIN_TIMEOUT)?;
-
-        let max_connections = raw.max_connections.unwrap_or(defaults::MAX_CONNECTIONS);
-        if max_connections == 0 {
-            return Err(field("max_connections", "must be at least 1".into()));
-        }
-        let buffer_size = raw.buffer_size.unwrap_or(defaults::BUFFER_SIZE);
-        if !BUFFER_SIZE_RANGE.contains(&buffer_size) {
-            return Err(field(
-                "buffer_size",
-                format!(
-                    "{buffer_size} is outside {}-{} bytes",
-                    BUFFER_SIZE_RANGE.start(),
-                    BUFFER_SIZE_RANGE.end()
-                ),
-            ));
-        }
-
-        Ok(AppConfig {
-            name: raw.name,
-            kind: raw.kind.unwrap_or(AppKind::Tcp),
-            listen,
-            targets,
-            strategy,
-            connect_timeout,
-            connect_deadline,
-            idle_timeout,
-            drain_timeout,
-            max_connections,
-            buffer_size,
-        })
+        Ok(app)
     }
 }
 
@@ -405,7 +343,7 @@ fn check_unique(apps: &[AppConfig]) -> Result<(), ConfigError> {
     // either is the unspecified address of the same family.
     let mut by_port: HashMap<u16, Vec<(SocketAddr, &str)>> = HashMap::new();
     for app in apps {
-        for addr in &app.listen {
+        for addr in app.addresses() {
             if addr.port() == 0 {
                 continue;
             }
@@ -413,13 +351,13 @@ fn check_unique(apps: &[AppConfig]) -> Result<(), ConfigError> {
             for (other, owner) in claims.iter() {
                 if *owner != app.name && overlaps(other.ip(), addr.ip()) {
                     return Err(ConfigError::AddressConflict {
-                        addr: *addr,
+                        addr,
                         first: owner.to_string(),
                         second: app.name.clone(),
                     });
                 }
             }
-            claims.push((*addr, &app.name));
+            claims.push((addr, &app.name));
         }
     }
     Ok(())
@@ -437,34 +375,97 @@ fn strip_position(msg: &str) -> String {
     }
 }
 
-/// One app as written. PascalCase aliases keep the classic format loading unchanged.
+/// One app as written, every kind's fields together so unknown keys are refused.
+/// PascalCase aliases keep the classic format loading unchanged.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawApp {
+pub(crate) struct RawApp {
     #[serde(alias = "Name")]
     name: String,
     #[serde(default, alias = "Kind")]
-    kind: Option<AppKind>,
+    kind: Option<String>,
     #[serde(default, alias = "Ports")]
     ports: Vec<i64>,
     #[serde(default, alias = "Listen")]
     listen: Vec<String>,
-    #[serde(alias = "Targets")]
-    targets: Vec<String>,
-    #[serde(default, alias = "Strategy")]
-    strategy: Option<String>,
-    #[serde(default)]
-    connect_timeout: Option<String>,
-    #[serde(default)]
-    connect_deadline: Option<String>,
-    #[serde(default)]
-    idle_timeout: Option<String>,
     #[serde(default)]
     drain_timeout: Option<String>,
+    // tcp
+    #[serde(default, alias = "Targets")]
+    pub(crate) targets: Vec<String>,
+    #[serde(default, alias = "Strategy")]
+    pub(crate) strategy: Option<String>,
     #[serde(default)]
-    max_connections: Option<usize>,
+    pub(crate) connect_timeout: Option<String>,
     #[serde(default)]
-    buffer_size: Option<usize>,
+    pub(crate) connect_deadline: Option<String>,
+    #[serde(default)]
+    pub(crate) idle_timeout: Option<String>,
+    #[serde(default)]
+    pub(crate) max_connections: Option<usize>,
+    #[serde(default)]
+    pub(crate) buffer_size: Option<usize>,
+    // spec
+    #[serde(default)]
+    pub(crate) grpc_listen: Vec<String>,
+    #[serde(default)]
+    pub(crate) grpc_ports: Vec<i64>,
+    #[serde(default)]
+    pub(crate) upstream: Option<String>,
+    #[serde(default)]
+    pub(crate) poll_interval: Option<String>,
+    #[serde(default)]
+    pub(crate) fetch_concurrency: Option<usize>,
+    #[serde(default)]
+    pub(crate) request_timeout: Option<String>,
+    #[serde(default)]
+    pub(crate) warm_keys: Vec<String>,
+    #[serde(default)]
+    pub(crate) max_sdk_keys: Option<usize>,
+    #[serde(default)]
+    pub(crate) stale_after: Option<String>,
+    #[serde(default)]
+    pub(crate) max_streams: Option<usize>,
+    #[serde(default)]
+    pub(crate) max_stream_age: Option<String>,
+    #[serde(default)]
+    pub(crate) heartbeat_interval: Option<String>,
+    #[serde(default)]
+    pub(crate) drop_unauthorized: Option<bool>,
+    #[serde(default)]
+    pub(crate) rejected_key_ttl: Option<String>,
+}
+
+impl RawApp {
+    /// The first kind-specific field still set after validation took its own.
+    fn leftover(&self) -> Option<&'static str> {
+        let set = [
+            ("targets", !self.targets.is_empty()),
+            ("strategy", self.strategy.is_some()),
+            ("connect_timeout", self.connect_timeout.is_some()),
+            ("connect_deadline", self.connect_deadline.is_some()),
+            ("idle_timeout", self.idle_timeout.is_some()),
+            ("max_connections", self.max_connections.is_some()),
+            ("buffer_size", self.buffer_size.is_some()),
+            ("grpc_listen", !self.grpc_listen.is_empty()),
+            ("grpc_ports", !self.grpc_ports.is_empty()),
+            ("upstream", self.upstream.is_some()),
+            ("poll_interval", self.poll_interval.is_some()),
+            ("fetch_concurrency", self.fetch_concurrency.is_some()),
+            ("request_timeout", self.request_timeout.is_some()),
+            ("warm_keys", !self.warm_keys.is_empty()),
+            ("max_sdk_keys", self.max_sdk_keys.is_some()),
+            ("stale_after", self.stale_after.is_some()),
+            ("max_streams", self.max_streams.is_some()),
+            ("max_stream_age", self.max_stream_age.is_some()),
+            ("heartbeat_interval", self.heartbeat_interval.is_some()),
+            ("drop_unauthorized", self.drop_unauthorized.is_some()),
+            ("rejected_key_ttl", self.rejected_key_ttl.is_some()),
+        ];
+        set.into_iter()
+            .find(|(_, is_set)| *is_set)
+            .map(|(name, _)| name)
+    }
 }
 
 #[cfg(test)]
@@ -473,6 +474,13 @@ mod tests {
 
     fn v() -> Validator {
         Validator::new(["round_robin"])
+    }
+
+    fn tcp(app: &AppConfig) -> &TcpConfig {
+        match &app.kind {
+            Kind::Tcp(t) => t,
+            other => panic!("not tcp: {other:?}"),
+        }
     }
 
     fn err(text: &str) -> String {
@@ -486,6 +494,7 @@ mod tests {
             .unwrap();
         let app = &c.apps[0];
         assert_eq!(app.name, "five-thousand");
+        assert_eq!(app.drain_timeout, defaults::DRAIN_TIMEOUT);
         assert_eq!(
             app.listen,
             vec![
@@ -493,6 +502,7 @@ mod tests {
                 "0.0.0.0:5200".parse().unwrap()
             ]
         );
+        let app = tcp(app);
         assert_eq!(
             app.targets,
             vec![Target::Name {
@@ -501,8 +511,8 @@ mod tests {
             }]
         );
         assert_eq!(app.strategy, "round_robin");
-        assert_eq!(app.connect_timeout, defaults::CONNECT_TIMEOUT);
-        assert_eq!(app.buffer_size, defaults::BUFFER_SIZE);
+        assert_eq!(app.connect_timeout, defaults::tcp::CONNECT_TIMEOUT);
+        assert_eq!(app.buffer_size, defaults::tcp::BUFFER_SIZE);
     }
 
     #[test]
@@ -517,6 +527,8 @@ mod tests {
             .unwrap();
         let app = &c.apps[0];
         assert_eq!(app.listen.len(), 2);
+        assert_eq!(app.drain_timeout, Duration::from_secs(5));
+        let app = tcp(app);
         assert_eq!(app.targets[1], Target::Addr("[::1]:81".parse().unwrap()));
         assert_eq!(
             app.targets[2],
@@ -583,6 +595,34 @@ mod tests {
             ),
             (r#"{"apps":[],"extra":1}"#, "unknown top-level key `extra`"),
             (
+                r#"{"apps":[{"name":"a","ports":[1],"targets":["x:1"],"upstream":"http://u"}]}"#,
+                "app \"a\": upstream: does not apply to tcp apps",
+            ),
+            (
+                r#"{"apps":[{"name":"s","kind":"spec","ports":[1],"targets":["x:1"]}]}"#,
+                "app \"s\": targets: does not apply to spec apps",
+            ),
+            (
+                r#"{"apps":[{"name":"s","kind":"udp","ports":[1]}]}"#,
+                "app \"s\": kind: unknown kind \"udp\"",
+            ),
+            (
+                r#"{"apps":[{"name":"s","kind":"spec","upstream":"ftp://x","ports":[1]}]}"#,
+                "app \"s\": upstream: \"ftp://x\" is not an http:// or https:// URL",
+            ),
+            (
+                r#"{"apps":[{"name":"s","kind":"spec"}]}"#,
+                "app \"s\": ports: a spec app needs",
+            ),
+            (
+                r#"{"apps":[{"name":"s","kind":"spec","grpc_ports":[7],"warm_keys":["a/b"]}]}"#,
+                "app \"s\": warm_keys[0]: an SDK key must be",
+            ),
+            (
+                r#"{"apps":[{"name":"t","ports":[7],"targets":["x:1"]},{"name":"s","kind":"spec","grpc_ports":[7]}]}"#,
+                "0.0.0.0:7 is claimed by app \"t\" and app \"s\"",
+            ),
+            (
                 r#"{"apps":[{"ports":[1],"targets":["x:1"]}]}"#,
                 "app apps[0]: -: missing field `name`",
             ),
@@ -594,6 +634,26 @@ mod tests {
                 "for {text}\n got: {got}\nwant: {want}"
             );
         }
+    }
+
+    #[test]
+    fn spec_app_defaults_and_fields() {
+        let c = v()
+            .parse(r#"{"apps":[{"name":"s","kind":"spec","ports":[8000],"grpc_listen":["127.0.0.1:50051"],
+                "upstream":"http://127.0.0.1:9/","poll_interval":"2s","warm_keys":["secret-abc"],
+                "max_streams":5,"drop_unauthorized":true}]}"#)
+            .unwrap();
+        let Kind::Spec(s) = &c.apps[0].kind else {
+            panic!("not spec")
+        };
+        assert_eq!(s.upstream, "http://127.0.0.1:9");
+        assert_eq!(s.poll_interval, Duration::from_secs(2));
+        assert_eq!(s.fetch_concurrency, defaults::spec::FETCH_CONCURRENCY);
+        assert_eq!(s.heartbeat_interval, defaults::spec::HEARTBEAT);
+        assert_eq!(s.warm_keys, ["secret-abc"]);
+        assert_eq!(s.max_streams, 5);
+        assert!(s.drop_unauthorized);
+        assert_eq!(c.apps[0].addresses().len(), 2);
     }
 
     #[test]

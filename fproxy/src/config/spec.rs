@@ -1,0 +1,170 @@
+//! Settings of a spec app: a Statsig-compatible config-spec cache.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::{ConfigError, Fields, RawApp};
+
+/// Defaults of the optional spec fields. Documented in `docs/spec.md`.
+pub mod defaults {
+    use std::time::Duration;
+
+    pub const UPSTREAM: &str = "https://api.statsigcdn.com";
+    pub const POLL_INTERVAL: Duration = Duration::from_secs(10);
+    pub const FETCH_CONCURRENCY: usize = 64;
+    pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const MAX_SDK_KEYS: usize = 1000;
+    pub const STALE_AFTER: Duration = Duration::from_secs(300);
+    pub const MAX_STREAMS: usize = 10_000;
+    pub const MAX_STREAM_AGE: Duration = Duration::from_secs(30 * 60);
+    pub const HEARTBEAT: Duration = Duration::from_secs(30);
+    pub const REJECTED_KEY_TTL: Duration = Duration::from_secs(60);
+}
+
+/// A validated spec app.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecConfig {
+    /// gRPC listen addresses (HTTP ones are the app's `listen`).
+    pub grpc_listen: Vec<SocketAddr>,
+    /// Base URL specs are fetched from, without a trailing slash.
+    pub upstream: String,
+    pub poll_interval: Duration,
+    /// Upstream fetches in flight at once.
+    pub fetch_concurrency: usize,
+    pub request_timeout: Duration,
+    /// SDK keys fetched at start; readiness waits for them.
+    pub warm_keys: Vec<String>,
+    /// Distinct SDK keys kept; past it the least recently requested are evicted.
+    pub max_sdk_keys: usize,
+    /// A key whose last successful upstream check is older than this makes the app
+    /// not ready.
+    pub stale_after: Duration,
+    /// Concurrent gRPC streams; more are refused with RESOURCE_EXHAUSTED.
+    pub max_streams: usize,
+    /// Streams are ended cleanly after about this long (plus or minus 10%), so
+    /// clients reconnect and spread over instances.
+    pub max_stream_age: Duration,
+    pub heartbeat_interval: Duration,
+    /// On 401/403 from upstream, drop the key's data instead of serving it stale.
+    pub drop_unauthorized: bool,
+    /// How long a key upstream rejected is answered 401 without asking again.
+    pub rejected_key_ttl: Duration,
+}
+
+impl SpecConfig {
+    pub(super) fn validate(raw: &mut RawApp, f: &Fields<'_>) -> Result<SpecConfig, ConfigError> {
+        let grpc_listen = f.addresses(
+            &std::mem::take(&mut raw.grpc_listen),
+            &std::mem::take(&mut raw.grpc_ports),
+            "grpc_listen",
+            "grpc_ports",
+        )?;
+        let upstream = raw
+            .upstream
+            .take()
+            .unwrap_or_else(|| defaults::UPSTREAM.into());
+        let upstream = upstream.trim_end_matches('/').to_string();
+        let host = upstream
+            .strip_prefix("http://")
+            .or_else(|| upstream.strip_prefix("https://"));
+        if host.is_none_or(|h| h.is_empty() || h.contains(char::is_whitespace)) {
+            return Err(f.err(
+                "upstream",
+                format!("{upstream:?} is not an http:// or https:// URL"),
+            ));
+        }
+        let poll_interval = f.duration(
+            "poll_interval",
+            raw.poll_interval.take(),
+            defaults::POLL_INTERVAL,
+        )?;
+        let fetch_concurrency = at_least_one(
+            f,
+            "fetch_concurrency",
+            raw.fetch_concurrency.take(),
+            defaults::FETCH_CONCURRENCY,
+        )?;
+        let request_timeout = f.duration(
+            "request_timeout",
+            raw.request_timeout.take(),
+            defaults::REQUEST_TIMEOUT,
+        )?;
+        let warm_keys = std::mem::take(&mut raw.warm_keys);
+        if let Some(i) = warm_keys.iter().position(|k| !valid_key(k)) {
+            return Err(f.err(
+                &format!("warm_keys[{i}]"),
+                "an SDK key must be 1-256 visible ASCII characters, without `/`",
+            ));
+        }
+        let max_sdk_keys = at_least_one(
+            f,
+            "max_sdk_keys",
+            raw.max_sdk_keys.take(),
+            defaults::MAX_SDK_KEYS,
+        )?;
+        if warm_keys.len() > max_sdk_keys {
+            return Err(f.err(
+                "warm_keys",
+                format!(
+                    "{} keys, more than max_sdk_keys ({max_sdk_keys})",
+                    warm_keys.len()
+                ),
+            ));
+        }
+        let stale_after =
+            f.duration("stale_after", raw.stale_after.take(), defaults::STALE_AFTER)?;
+        let max_streams = at_least_one(
+            f,
+            "max_streams",
+            raw.max_streams.take(),
+            defaults::MAX_STREAMS,
+        )?;
+        let max_stream_age = f.duration(
+            "max_stream_age",
+            raw.max_stream_age.take(),
+            defaults::MAX_STREAM_AGE,
+        )?;
+        let heartbeat_interval = f.duration(
+            "heartbeat_interval",
+            raw.heartbeat_interval.take(),
+            defaults::HEARTBEAT,
+        )?;
+        let rejected_key_ttl = f.duration(
+            "rejected_key_ttl",
+            raw.rejected_key_ttl.take(),
+            defaults::REJECTED_KEY_TTL,
+        )?;
+        Ok(SpecConfig {
+            grpc_listen,
+            upstream,
+            poll_interval,
+            fetch_concurrency,
+            request_timeout,
+            warm_keys,
+            max_sdk_keys,
+            stale_after,
+            max_streams,
+            max_stream_age,
+            heartbeat_interval,
+            drop_unauthorized: raw.drop_unauthorized.take().unwrap_or(false),
+            rejected_key_ttl,
+        })
+    }
+}
+
+fn at_least_one(
+    f: &Fields<'_>,
+    name: &str,
+    v: Option<usize>,
+    default: usize,
+) -> Result<usize, ConfigError> {
+    match v.unwrap_or(default) {
+        0 => Err(f.err(name, "must be at least 1")),
+        n => Ok(n),
+    }
+}
+
+/// SDK keys travel in URL paths and headers: keep them to what is safe in both.
+pub fn valid_key(k: &str) -> bool {
+    !k.is_empty() && k.len() <= 256 && k.bytes().all(|b| b.is_ascii_graphic() && b != b'/')
+}

@@ -1,0 +1,254 @@
+//! The HTTP interface SDKs and operators talk to.
+//!
+//! Routes (empty path segments are ignored, so `//v1/...` works too):
+//! - `GET|POST /{v1|v2}/download_config_specs[/{key}[.json|.js]]`
+//! - `GET /v1/health` (alive), `/v1/ready` and `/v1/startup` (503 until ready)
+//!
+//! Serving a cached spec is a map lookup and a reference-counted clone of bytes that
+//! were encoded (plain and gzip) once per update.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{
+    HeaderMap, HeaderValue, ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_TYPE, VARY,
+};
+use hyper::{Method, Request, Response, StatusCode};
+
+use super::store::{Api, Key, Lookup, Spec, Upstream};
+use super::Shared;
+use crate::config::spec::valid_key;
+
+pub type Body = Full<Bytes>;
+
+/// Largest POST body read (SDKs send `{"sinceTime": n}`).
+const MAX_BODY: usize = 64 * 1024;
+
+pub async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_string();
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let resp = match (req.method(), segments.as_slice()) {
+        (&Method::GET, ["v1", "health"]) => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
+        (&Method::GET, ["v1", "ready"]) => ready(&shared, true),
+        (&Method::GET, ["v1", "startup"]) => ready(&shared, false),
+        (&Method::GET | &Method::POST, [v, "download_config_specs", rest @ ..])
+            if rest.len() <= 1 =>
+        {
+            match api(v) {
+                Some(api) => dcs(&shared, api, rest.first().copied(), req).await,
+                None => not_found(),
+            }
+        }
+        _ => not_found(),
+    };
+    Ok(resp)
+}
+
+fn api(v: &str) -> Option<Api> {
+    match v {
+        "v1" => Some(Api::V1),
+        "v2" => Some(Api::V2),
+        _ => None,
+    }
+}
+
+async fn dcs(
+    shared: &Arc<Shared>,
+    api: Api,
+    file: Option<&str>,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    // Header wins over path.
+    let from_header = req
+        .headers()
+        .get("statsig-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let from_path = file.map(|f| {
+        f.strip_suffix(".json")
+            .or_else(|| f.strip_suffix(".js"))
+            .unwrap_or(f)
+            .to_string()
+    });
+    let Some(sdk_key) = from_header.or(from_path).filter(|k| valid_key(k)) else {
+        return unauthorized();
+    };
+    let gzip = accepts_gzip(req.headers());
+    let mut since = query_since(req.uri().query());
+    if req.method() == Method::POST {
+        let body = Limited::new(req.into_body(), MAX_BODY).collect().await;
+        if let Ok(body) = body {
+            let bytes = body.to_bytes();
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+                since = since.or_else(|| v.get("sinceTime").and_then(serde_json::Value::as_u64));
+            }
+        }
+    }
+
+    let key = Key { api, sdk_key };
+    let Some(spec) = spec_for(shared, &key).await else {
+        return unauthorized_or_unavailable(shared, &key);
+    };
+    if since.is_some_and(|s| spec.lcut <= s) {
+        let mut r = json(
+            StatusCode::OK,
+            Bytes::from_static(br#"{"has_updates":false}"#),
+        );
+        r.headers_mut()
+            .insert("x-since-time", HeaderValue::from(spec.lcut));
+        return r;
+    }
+    serve(&spec, gzip)
+}
+
+/// The key's current spec, waiting for the first fetch if the key is new.
+async fn spec_for(shared: &Arc<Shared>, key: &Key) -> Option<Arc<Spec>> {
+    let settings = shared.settings.load();
+    let entry = match shared.store.lookup(key, settings.spec.rejected_key_ttl) {
+        Lookup::Rejected => return None,
+        Lookup::Found(e) => e,
+        Lookup::Created(e) => {
+            tokio::spawn(super::poll::fetch(shared.clone(), e.clone()));
+            e
+        }
+    };
+    if let Some(spec) = entry.spec() {
+        return Some(spec);
+    }
+    // First fetch in flight (ours or another request's): wait for its outcome.
+    let mut changes = entry.subscribe();
+    let wait = settings.spec.request_timeout + Duration::from_secs(1);
+    let _ = tokio::time::timeout(
+        wait,
+        changes.wait_for(|(state, spec)| spec.is_some() || *state != Upstream::Pending),
+    )
+    .await;
+    entry.spec()
+}
+
+fn unauthorized_or_unavailable(shared: &Shared, key: &Key) -> Response<Body> {
+    match shared.store.get(key).map(|e| e.upstream()) {
+        // Still pending or failing: upstream, not the key, is the problem.
+        Some(Upstream::Pending) | Some(Upstream::Failing(_)) => {
+            let mut r = text(StatusCode::SERVICE_UNAVAILABLE, "Upstream unavailable");
+            r.headers_mut()
+                .insert("retry-after", HeaderValue::from_static("5"));
+            r
+        }
+        _ => unauthorized(),
+    }
+}
+
+fn serve(spec: &Spec, gzip: bool) -> Response<Body> {
+    let mut r = Response::new(Full::new(if gzip {
+        spec.gzip.clone()
+    } else {
+        spec.plain.clone()
+    }));
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert("x-since-time", HeaderValue::from(spec.lcut));
+    h.insert(VARY, HeaderValue::from_static("accept-encoding"));
+    if gzip {
+        h.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
+    r
+}
+
+/// Whether `Accept-Encoding` allows gzip (and does not give it q=0).
+fn accepts_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|item| {
+            let mut parts = item.split(';').map(str::trim);
+            let coding = parts.next().unwrap_or("");
+            let q_zero = parts.any(|p| {
+                p.strip_prefix("q=")
+                    .and_then(|q| q.parse::<f32>().ok())
+                    .is_some_and(|q| q == 0.0)
+            });
+            (coding.eq_ignore_ascii_case("gzip") || coding == "*") && !q_zero
+        })
+}
+
+fn query_since(query: Option<&str>) -> Option<u64> {
+    query?
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == "sinceTime")
+        .and_then(|(_, v)| v.parse().ok())
+}
+
+/// `/v1/ready`: 200 when every warm key has data and no key is stale; otherwise
+/// 503. `/v1/startup` skips the staleness check. The body says, per key, why.
+fn ready(shared: &Shared, check_staleness: bool) -> Response<Body> {
+    let report = super::readiness(shared, check_staleness);
+    let status = if report.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::to_vec(&report).unwrap_or_default();
+    json(status, body.into())
+}
+
+fn json(status: StatusCode, body: Bytes) -> Response<Body> {
+    let mut r = Response::new(Full::new(body));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r
+}
+
+fn unauthorized() -> Response<Body> {
+    text(StatusCode::UNAUTHORIZED, "Unauthorized")
+}
+
+fn not_found() -> Response<Body> {
+    text(StatusCode::NOT_FOUND, "Not Found")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gzip_negotiation() {
+        let h = |v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(ACCEPT_ENCODING, HeaderValue::from_str(v).unwrap());
+            accepts_gzip(&m)
+        };
+        assert!(h("gzip, deflate, br"));
+        assert!(h("br;q=1.0, GZIP;q=0.5"));
+        assert!(h("*"));
+        assert!(!h("gzip;q=0"));
+        assert!(!h("br, statsig-br"));
+        assert!(!accepts_gzip(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn since_time_from_query() {
+        assert_eq!(query_since(Some("a=1&sinceTime=42")), Some(42));
+        assert_eq!(query_since(Some("sinceTime=x")), None);
+        assert_eq!(query_since(None), None);
+    }
+}

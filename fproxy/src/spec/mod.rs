@@ -1,0 +1,315 @@
+//! The spec app: a Statsig-compatible config-spec cache.
+//!
+//! SDKs ask for `download_config_specs` by SDK key; the app answers from memory and
+//! keeps every key fresh from upstream in the background (see [`poll`]). A reload
+//! swaps the app's settings (upstream, intervals, limits) atomically and keeps its
+//! store, so nothing cached is lost and open connections carry on.
+
+mod http;
+mod poll;
+pub mod store;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use serde::Serialize;
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::app::{App, BoxFuture};
+use crate::config::{AppConfig, Kind, SpecConfig};
+use crate::listener::{BoundSet, Handler, Listener, Listeners};
+use store::{Api, Key, Lookup, Store};
+use upstream::Upstream;
+
+/// Settings of one config version, swapped whole on reload.
+pub(crate) struct Settings {
+    pub spec: SpecConfig,
+    /// The client, or why it could not be built (every fetch then fails with it).
+    pub upstream: Result<Upstream, String>,
+    /// Bounds upstream fetches in flight.
+    pub fetches: Arc<Semaphore>,
+}
+
+impl Settings {
+    /// Reuses `previous`'s client and limit where the config left them unchanged.
+    fn new(spec: SpecConfig, previous: Option<&Settings>) -> Settings {
+        let upstream = match previous {
+            Some(p)
+                if p.spec.upstream == spec.upstream
+                    && p.spec.request_timeout == spec.request_timeout =>
+            {
+                p.upstream.clone()
+            }
+            _ => Upstream::new(&spec.upstream, spec.request_timeout).map_err(|e| e.to_string()),
+        };
+        let fetches = match previous {
+            Some(p) if p.spec.fetch_concurrency == spec.fetch_concurrency => p.fetches.clone(),
+            _ => Arc::new(Semaphore::new(spec.fetch_concurrency)),
+        };
+        Settings {
+            spec,
+            upstream,
+            fetches,
+        }
+    }
+
+    /// Warm keys are v1 keys (what most server SDKs ask for).
+    pub fn warm_keys(&self) -> Vec<Key> {
+        self.spec
+            .warm_keys
+            .iter()
+            .map(|k| Key {
+                api: Api::V1,
+                sdk_key: k.clone(),
+            })
+            .collect()
+    }
+}
+
+/// State shared by the app's listeners, connections and poller.
+pub(crate) struct Shared {
+    app: ArcSwap<AppConfig>,
+    pub settings: ArcSwap<Settings>,
+    pub store: Store,
+    connections: TaskTracker,
+    active: AtomicUsize,
+    /// Asks keep-alive connections to finish their request and close.
+    closing: CancellationToken,
+    /// Drain time is up: close whatever is left.
+    force_close: CancellationToken,
+}
+
+impl Shared {
+    pub fn name(&self) -> String {
+        self.app.load().name.clone()
+    }
+}
+
+fn spec_config(app: &AppConfig) -> SpecConfig {
+    match &app.kind {
+        Kind::Spec(s) => s.clone(),
+        // The daemon only hands a spec app spec configs.
+        Kind::Tcp(_) => unreachable!("a tcp config reached a spec app"),
+    }
+}
+
+/// A running spec app.
+pub struct SpecApp {
+    shared: Arc<Shared>,
+    listeners: Listeners,
+    poller: CancellationToken,
+}
+
+impl SpecApp {
+    pub fn start(app: Arc<AppConfig>, bound: BoundSet) -> SpecApp {
+        let settings = Settings::new(spec_config(&app), None);
+        let shared = Arc::new(Shared {
+            app: ArcSwap::new(app),
+            settings: ArcSwap::from_pointee(settings),
+            store: Store::default(),
+            connections: TaskTracker::new(),
+            active: AtomicUsize::new(0),
+            closing: CancellationToken::new(),
+            force_close: CancellationToken::new(),
+        });
+        let poller = CancellationToken::new();
+        tokio::spawn(poll::run(shared.clone(), poller.clone()));
+        let mut app = SpecApp {
+            shared,
+            listeners: Listeners::default(),
+            poller,
+        };
+        app.warm();
+        app.start_listeners(bound);
+        app
+    }
+
+    /// Starts fetching warm keys not yet known.
+    fn warm(&self) {
+        let settings = self.shared.settings.load();
+        for key in settings.warm_keys() {
+            if let Lookup::Created(e) = self
+                .shared
+                .store
+                .lookup(&key, settings.spec.rejected_key_ttl)
+            {
+                tokio::spawn(poll::fetch(self.shared.clone(), e));
+            }
+        }
+    }
+
+    fn start_listeners(&mut self, bound: BoundSet) {
+        let name = self.shared.name();
+        let handler: Arc<dyn Handler> = Arc::new(HttpHandler(self.shared.clone()));
+        self.listeners.start(&name, bound, |_| handler.clone());
+    }
+}
+
+impl App for SpecApp {
+    fn config(&self) -> Arc<AppConfig> {
+        self.shared.app.load_full()
+    }
+
+    fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners.local_addrs()
+    }
+
+    fn active_connections(&self) -> usize {
+        self.shared.active.load(Ordering::Relaxed)
+    }
+
+    fn update(&mut self, config: Arc<AppConfig>, added: BoundSet) -> Vec<Listener> {
+        let old = self.shared.settings.load_full();
+        let settings = Settings::new(spec_config(&config), Some(&old));
+        self.shared.settings.store(Arc::new(settings));
+        let addresses = config.addresses();
+        self.shared.app.store(config);
+        self.warm();
+        self.start_listeners(added);
+        self.listeners.remove_except(&addresses)
+    }
+
+    fn stop_accepting(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(self.listeners.retire_all())
+    }
+
+    fn shutdown(mut self: Box<Self>) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            self.listeners.retire_all().await;
+            self.poller.cancel();
+            let shared = &self.shared;
+            let drain = shared.app.load().drain_timeout;
+            shared.closing.cancel();
+            shared.connections.close();
+            if tokio::time::timeout(drain, shared.connections.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(app = %shared.name(), "drain timeout reached; closing remaining connections");
+                shared.force_close.cancel();
+                shared.connections.wait().await;
+            }
+            tracing::info!(app = %shared.name(), "stopped");
+        })
+    }
+}
+
+/// Serves HTTP/1.1 and HTTP/2 (cleartext) on each accepted connection.
+struct HttpHandler(Arc<Shared>);
+
+impl Handler for HttpHandler {
+    fn handle(&self, stream: TcpStream, _peer: SocketAddr) {
+        let shared = self.0.clone();
+        shared.active.fetch_add(1, Ordering::Relaxed);
+        let tracker = shared.connections.clone();
+        tracker.spawn(async move {
+            let _ = stream.set_nodelay(true);
+            let svc_shared = shared.clone();
+            let svc = hyper::service::service_fn(move |req| http::handle(svc_shared.clone(), req));
+            let builder = auto::Builder::new(TokioExecutor::new());
+            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = shared.closing.cancelled() => {
+                    // Finish the request in flight, then close.
+                    conn.as_mut().graceful_shutdown();
+                    tokio::select! {
+                        _ = conn.as_mut() => {}
+                        _ = shared.force_close.cancelled() => {}
+                    }
+                }
+            }
+            shared.active.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
+
+/// What `/v1/ready` and `/v1/startup` report.
+#[derive(Debug, Serialize)]
+pub struct Readiness {
+    pub ready: bool,
+    pub keys: Vec<KeyReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct KeyReport {
+    /// The SDK key, masked.
+    pub key: String,
+    pub warm: bool,
+    pub lcut: Option<u64>,
+    /// Milliseconds since the last successful upstream check.
+    pub age_ms: Option<u64>,
+    pub upstream: String,
+    /// Why this key keeps the app from being ready, if it does.
+    pub problem: Option<String>,
+}
+
+/// Ready when every warm key has data and no key's data is older than the
+/// staleness bound. With `check_staleness` false (startup), only the first holds.
+pub(crate) fn readiness(shared: &Shared, check_staleness: bool) -> Readiness {
+    let settings = shared.settings.load();
+    let warm = settings.warm_keys();
+    let stale_after = settings.spec.stale_after;
+    let mut keys = Vec::new();
+    let mut ready = true;
+    let entries = shared.store.entries();
+    for key in &warm {
+        if !entries.iter().any(|e| &e.key == key) {
+            ready = false;
+            keys.push(KeyReport {
+                key: key.masked(),
+                warm: true,
+                lcut: None,
+                age_ms: None,
+                upstream: "rejected".into(),
+                problem: Some("warm key rejected by upstream (401/403)".into()),
+            });
+        }
+    }
+    for e in entries {
+        let spec = e.spec();
+        let age = e.age();
+        let is_warm = warm.contains(&e.key);
+        let state = e.upstream();
+        let problem = match (&spec, age) {
+            (None, _) if is_warm => {
+                Some(format!("warm key has no data yet ({})", describe(&state)))
+            }
+            (Some(_), Some(age)) if check_staleness && age > stale_after => Some(format!(
+                "data is {}s old (stale_after {}s; upstream: {})",
+                age.as_secs(),
+                stale_after.as_secs(),
+                describe(&state)
+            )),
+            _ => None,
+        };
+        ready &= problem.is_none();
+        keys.push(KeyReport {
+            key: e.key.masked(),
+            warm: is_warm,
+            lcut: spec.map(|s| s.lcut),
+            age_ms: age.map(|a| a.as_millis() as u64),
+            upstream: describe(&state),
+            problem,
+        });
+    }
+    Readiness { ready, keys }
+}
+
+fn describe(state: &store::Upstream) -> String {
+    match state {
+        store::Upstream::Pending => "pending".into(),
+        store::Upstream::Ok => "ok".into(),
+        store::Upstream::Unauthorized => "unauthorized".into(),
+        store::Upstream::Failing(e) => format!("failing: {e}"),
+    }
+}

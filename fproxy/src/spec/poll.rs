@@ -1,0 +1,104 @@
+//! Keeping cached specs fresh.
+//!
+//! A new key is fetched at once (the first request waits for it; concurrent first
+//! requests share that fetch). After that, one background loop refreshes every key
+//! each poll interval with `sinceTime`, so serving never waits on upstream. Failing
+//! keys back off exponentially with jitter (so a recovering upstream is not hit by
+//! every instance at once) and keep serving their last good spec.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::store::{Entry, Key, Upstream as State};
+use super::upstream::Fetched;
+use super::Shared;
+
+/// The longest a failing key waits between attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// Fetches one key now and records the outcome.
+pub async fn fetch(shared: Arc<Shared>, entry: Arc<Entry>) {
+    let settings = shared.settings.load_full();
+    let upstream = match &settings.upstream {
+        Ok(u) => u.clone(),
+        Err(e) => {
+            entry.set_upstream(State::Failing(e.clone()));
+            return;
+        }
+    };
+    // One limit for all fetches of the app, first fetches included.
+    let Ok(_permit) = settings.fetches.clone().acquire_owned().await else {
+        return;
+    };
+    let since = entry.spec().map(|s| s.lcut);
+    let key = entry.key.masked();
+    match upstream.fetch(&entry.key, since).await {
+        Ok(Fetched::Spec(spec)) => {
+            let lcut = spec.lcut;
+            if entry.offer(spec) {
+                tracing::info!(app = %shared.name(), key, lcut, "spec updated");
+            }
+        }
+        Ok(Fetched::Unchanged) => entry.unchanged(),
+        Ok(Fetched::Unauthorized(status)) => {
+            tracing::warn!(app = %shared.name(), key, status, "upstream rejects this SDK key");
+            if entry.spec().is_none() {
+                // Never had data: forget it, answer 401 for a while without asking.
+                shared.store.reject(&entry.key);
+            } else if settings.spec.drop_unauthorized {
+                entry.clear();
+            }
+            entry.set_upstream(State::Unauthorized);
+            backoff(&entry, settings.spec.poll_interval);
+        }
+        Err(e) => {
+            tracing::warn!(app = %shared.name(), key, error = %e, "fetch failed; serving the last good spec");
+            entry.set_upstream(State::Failing(e.to_string()));
+            backoff(&entry, settings.spec.poll_interval);
+        }
+    }
+}
+
+/// Counts a failure; the entry is skipped until its backoff has passed.
+fn backoff(entry: &Entry, base: Duration) {
+    let failures = entry.failures.fetch_add(1, Ordering::Relaxed) + 1;
+    let exp = base
+        .saturating_mul(1 << failures.min(16))
+        .min(MAX_BACKOFF.max(base));
+    // Full jitter over the upper half: spread out, never sooner than half.
+    let wait = exp.mul_f64(rand::random_range(0.5..=1.0));
+    entry.retry_after(wait);
+}
+
+/// Refreshes every key each poll interval until `stop`.
+pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
+    loop {
+        let interval = shared.settings.load().spec.poll_interval;
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let settings = shared.settings.load_full();
+        let warm: Vec<Key> = settings.warm_keys();
+        for key in shared.store.evict_beyond(settings.spec.max_sdk_keys, &warm) {
+            tracing::info!(app = %shared.name(), key = key.masked(), "evicted (least recently requested)");
+        }
+        let now = Instant::now();
+        let mut fetches = JoinSet::new();
+        for entry in shared.store.entries() {
+            if entry.due(now) {
+                fetches.spawn(fetch(shared.clone(), entry));
+            }
+        }
+        // Finish this round before the next, so a slow upstream is not piled on.
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = async { while fetches.join_next().await.is_some() {} } => {}
+        }
+    }
+}

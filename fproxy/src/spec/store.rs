@@ -1,0 +1,328 @@
+//! The spec cache: one entry per (API version, SDK key).
+//!
+//! Each upstream update is encoded once, as the exact bytes upstream sent and as
+//! gzip, and kept as shared [`Bytes`]; serving a request clones a reference, with
+//! no JSON work and no compression. Readers find an entry under a read lock that is
+//! never held across an await, and load its current spec from an `ArcSwap`.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use tokio::sync::watch;
+// tokio's clock, so tests can run timers on paused time.
+use tokio::time::Instant;
+
+/// DCS API version of a request; v1 and v2 payloads differ, so they are cached apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Api {
+    V1,
+    V2,
+}
+
+impl Api {
+    pub fn path(self) -> &'static str {
+        match self {
+            Api::V1 => "v1",
+            Api::V2 => "v2",
+        }
+    }
+}
+
+/// What a cache entry is known by.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key {
+    pub api: Api,
+    pub sdk_key: String,
+}
+
+impl Key {
+    /// The SDK key shortened for logs and status: never the whole secret.
+    pub fn masked(&self) -> String {
+        format!("{}:{}", self.api.path(), mask(&self.sdk_key))
+    }
+}
+
+/// Shows enough of a secret to recognise it, never all of it.
+pub fn mask(secret: &str) -> String {
+    let shown: String = secret
+        .chars()
+        .take((secret.chars().count() / 3).min(12))
+        .collect();
+    format!("{shown}…")
+}
+
+/// One version of a spec, ready to serve.
+#[derive(Debug)]
+pub struct Spec {
+    /// Upstream's last config update time (ms), from `x-since-time` or `time`.
+    pub lcut: u64,
+    /// The payload exactly as upstream sent it.
+    pub plain: Bytes,
+    /// The same, gzip-compressed once.
+    pub gzip: Bytes,
+}
+
+impl Spec {
+    pub fn new(lcut: u64, plain: Bytes) -> Spec {
+        let mut enc = flate2::write::GzEncoder::new(
+            Vec::with_capacity(plain.len() / 4),
+            flate2::Compression::default(),
+        );
+        // Writing to a Vec cannot fail.
+        let _ = enc.write_all(&plain);
+        let gzip = enc.finish().unwrap_or_default();
+        Spec {
+            lcut,
+            plain,
+            gzip: Bytes::from(gzip),
+        }
+    }
+}
+
+/// Where a key stands with upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upstream {
+    /// Never fetched yet.
+    Pending,
+    /// The last fetch succeeded.
+    Ok,
+    /// Upstream answered 401/403 for this key.
+    Unauthorized,
+    /// The last fetch failed (network, 5xx, bad payload); data, if any, is stale.
+    Failing(String),
+}
+
+/// One cached key.
+#[derive(Debug)]
+pub struct Entry {
+    pub key: Key,
+    spec: ArcSwapOption<Spec>,
+    /// Upstream state and the spec, for waiters on the first fetch and streams.
+    changes: watch::Sender<(Upstream, Option<Arc<Spec>>)>,
+    /// The store's epoch; the times below are milliseconds since it (0: never).
+    epoch: Instant,
+    last_requested: AtomicU64,
+    last_checked: AtomicU64,
+    /// Skip polls until then (backoff after failures).
+    next_attempt: AtomicU64,
+    /// Consecutive failed fetches, for backoff.
+    pub failures: AtomicU64,
+}
+
+impl Entry {
+    pub fn spec(&self) -> Option<Arc<Spec>> {
+        self.spec.load_full()
+    }
+
+    pub fn upstream(&self) -> Upstream {
+        self.changes.borrow().0.clone()
+    }
+
+    /// Follows every change of state or spec.
+    pub fn subscribe(&self) -> watch::Receiver<(Upstream, Option<Arc<Spec>>)> {
+        self.changes.subscribe()
+    }
+
+    /// Records a new spec if it is newer than the current one; returns whether it was.
+    pub fn offer(&self, spec: Spec) -> bool {
+        self.checked();
+        let newer = self.spec().is_none_or(|cur| spec.lcut > cur.lcut);
+        if newer {
+            let spec = Arc::new(spec);
+            self.spec.store(Some(spec.clone()));
+            self.changes.send_replace((Upstream::Ok, Some(spec)));
+        } else {
+            self.set_upstream(Upstream::Ok);
+        }
+        newer
+    }
+
+    /// Marks a successful check that brought nothing new.
+    pub fn unchanged(&self) {
+        self.checked();
+        self.set_upstream(Upstream::Ok);
+    }
+
+    fn checked(&self) {
+        self.last_checked.store(self.now_ms(), Ordering::Relaxed);
+        self.failures.store(0, Ordering::Relaxed);
+        self.next_attempt.store(0, Ordering::Relaxed);
+    }
+
+    fn now_ms(&self) -> u64 {
+        ms_since(self.epoch, Instant::now())
+    }
+
+    /// Skips polls for `wait`.
+    pub fn retry_after(&self, wait: Duration) {
+        let at = self.now_ms() + wait.as_millis() as u64;
+        self.next_attempt.store(at, Ordering::Relaxed);
+    }
+
+    /// Whether a poll at `now` should fetch this key.
+    pub fn due(&self, now: Instant) -> bool {
+        self.next_attempt.load(Ordering::Relaxed) <= ms_since(self.epoch, now)
+    }
+
+    pub fn set_upstream(&self, state: Upstream) {
+        self.changes.send_if_modified(|(s, _)| {
+            let changed = *s != state;
+            *s = state;
+            changed
+        });
+    }
+
+    /// Drops the data (for keys upstream no longer accepts, when configured so).
+    pub fn clear(&self) {
+        self.spec.store(None);
+        self.changes.send_modify(|(_, spec)| *spec = None);
+    }
+
+    /// Time since the last successful upstream check, if there was one.
+    pub fn age(&self) -> Option<Duration> {
+        match self.last_checked.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(Duration::from_millis(self.now_ms().saturating_sub(ms))),
+        }
+    }
+}
+
+/// All cached keys of one spec app.
+#[derive(Debug)]
+pub struct Store {
+    entries: RwLock<HashMap<Key, Arc<Entry>>>,
+    /// Keys upstream rejected, with when: answered 401 without asking again.
+    rejected: Mutex<HashMap<Key, Instant>>,
+    epoch: Instant,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Store {
+            entries: RwLock::default(),
+            rejected: Mutex::default(),
+            epoch: Instant::now(),
+        }
+    }
+}
+
+/// What a lookup found.
+pub enum Lookup {
+    Found(Arc<Entry>),
+    /// New to this store: the caller must fetch it (exactly one caller gets this).
+    Created(Arc<Entry>),
+    /// Recently rejected by upstream.
+    Rejected,
+}
+
+impl Store {
+    fn now_ms(&self) -> u64 {
+        ms_since(self.epoch, Instant::now())
+    }
+
+    /// Finds `key`, creating it if new (unless upstream rejected it within `ttl`).
+    pub fn lookup(&self, key: &Key, rejected_ttl: Duration) -> Lookup {
+        let now = self.now_ms();
+        if let Some(e) = read(&self.entries).get(key) {
+            e.last_requested.store(now, Ordering::Relaxed);
+            return Lookup::Found(e.clone());
+        }
+        {
+            let mut rejected = lock(&self.rejected);
+            match rejected.get(key) {
+                Some(at) if at.elapsed() < rejected_ttl => return Lookup::Rejected,
+                Some(_) => {
+                    rejected.remove(key);
+                }
+                None => {}
+            }
+        }
+        let mut entries = write(&self.entries);
+        // Another request may have created it since the read lock was released.
+        if let Some(e) = entries.get(key) {
+            return Lookup::Found(e.clone());
+        }
+        let entry = Arc::new(Entry {
+            key: key.clone(),
+            spec: ArcSwapOption::empty(),
+            changes: watch::channel((Upstream::Pending, None)).0,
+            epoch: self.epoch,
+            last_requested: AtomicU64::new(now),
+            last_checked: AtomicU64::new(0),
+            next_attempt: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+        });
+        entries.insert(key.clone(), entry.clone());
+        Lookup::Created(entry)
+    }
+
+    /// Forgets `key` and answers 401 for it for a while.
+    pub fn reject(&self, key: &Key) {
+        write(&self.entries).remove(key);
+        lock(&self.rejected).insert(key.clone(), Instant::now());
+    }
+
+    pub fn get(&self, key: &Key) -> Option<Arc<Entry>> {
+        read(&self.entries).get(key).cloned()
+    }
+
+    /// Every entry, in key order.
+    pub fn entries(&self) -> Vec<Arc<Entry>> {
+        let mut all: Vec<_> = read(&self.entries).values().cloned().collect();
+        all.sort_by(|a, b| a.key.cmp(&b.key));
+        all
+    }
+
+    /// Evicts the least recently requested keys beyond `max`, sparing `keep`
+    /// (warm keys). Returns the evicted keys.
+    pub fn evict_beyond(&self, max: usize, keep: &[Key]) -> Vec<Key> {
+        let mut entries = write(&self.entries);
+        if entries.len() <= max {
+            return Vec::new();
+        }
+        let mut by_age: Vec<(u64, Key)> = entries
+            .values()
+            .filter(|e| !keep.contains(&e.key))
+            .map(|e| (e.last_requested.load(Ordering::Relaxed), e.key.clone()))
+            .collect();
+        by_age.sort();
+        let excess = entries.len() - max;
+        let evicted: Vec<Key> = by_age.into_iter().take(excess).map(|(_, k)| k).collect();
+        for k in &evicted {
+            entries.remove(k);
+        }
+        evicted
+    }
+
+    pub fn len(&self) -> usize {
+        read(&self.entries).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Milliseconds from `epoch` to `t`, never 0 (0 means "never").
+fn ms_since(epoch: Instant, t: Instant) -> u64 {
+    t.saturating_duration_since(epoch).as_millis() as u64 + 1
+}
+
+// A poisoned lock only means another thread panicked mid-update of a plain map;
+// the map itself is still usable.
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|e| e.into_inner())
+}
+
+fn lock<T>(l: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    l.lock().unwrap_or_else(|e| e.into_inner())
+}
