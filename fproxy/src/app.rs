@@ -7,6 +7,10 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::AppConfig;
 use crate::listener::{BoundSet, Listener};
@@ -35,4 +39,28 @@ pub trait App: Send + 'static {
 
     /// Stops accepting, then drains open connections for up to the drain timeout.
     fn shutdown(self: Box<Self>) -> BoxFuture<'static, ()>;
+}
+
+/// Lets an app's connections finish for up to `timeout`, then fires `force_close`
+/// (which every connection task watches) and waits for the rest to go.
+pub async fn drain(
+    app: &str,
+    connections: &TaskTracker,
+    timeout: Duration,
+    force_close: &CancellationToken,
+) {
+    connections.close();
+    if tokio::time::timeout(timeout, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            app,
+            open = connections.len(),
+            "drain timeout reached; closing remaining connections"
+        );
+        force_close.cancel();
+        connections.wait().await;
+    }
+    tracing::info!(app, "stopped");
 }

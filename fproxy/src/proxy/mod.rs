@@ -139,25 +139,6 @@ impl TcpApp {
         let handler: Arc<dyn Handler> = Arc::new(AppHandler(self.shared.clone()));
         self.listeners.start(&name, bound, |_| handler.clone());
     }
-
-    async fn drain(self) {
-        let config = self.config();
-        let connections = &self.shared.connections;
-        connections.close();
-        if tokio::time::timeout(config.drain_timeout, connections.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                app = %config.name,
-                open = self.shared.active.load(Ordering::Relaxed),
-                "drain timeout reached; closing remaining connections"
-            );
-            self.shared.force_close.cancel();
-            connections.wait().await;
-        }
-        tracing::info!(app = %config.name, "stopped");
-    }
 }
 
 impl App for TcpApp {
@@ -197,7 +178,14 @@ impl App for TcpApp {
     fn shutdown(mut self: Box<Self>) -> BoxFuture<'static, ()> {
         Box::pin(async move {
             self.listeners.retire_all().await;
-            self.drain().await;
+            let config = self.config();
+            crate::app::drain(
+                &config.name,
+                &self.shared.connections,
+                config.drain_timeout,
+                &self.shared.force_close,
+            )
+            .await;
         })
     }
 }

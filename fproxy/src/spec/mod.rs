@@ -186,18 +186,16 @@ impl App for SpecApp {
             self.listeners.retire_all().await;
             self.poller.cancel();
             let shared = &self.shared;
-            let drain = shared.app.load().drain_timeout;
+            // Keep-alive connections finish their request in flight, then close.
             shared.closing.cancel();
-            shared.connections.close();
-            if tokio::time::timeout(drain, shared.connections.wait())
-                .await
-                .is_err()
-            {
-                tracing::warn!(app = %shared.name(), "drain timeout reached; closing remaining connections");
-                shared.force_close.cancel();
-                shared.connections.wait().await;
-            }
-            tracing::info!(app = %shared.name(), "stopped");
+            let drain = shared.app.load().drain_timeout;
+            crate::app::drain(
+                &shared.name(),
+                &shared.connections,
+                drain,
+                &shared.force_close,
+            )
+            .await;
         })
     }
 }
