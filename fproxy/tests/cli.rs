@@ -34,6 +34,26 @@ fn check_summarises_a_valid_config() {
 }
 
 #[test]
+fn check_summarises_a_spec_app() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.json");
+    std::fs::write(
+        &path,
+        r#"{"apps":[{"name":"statsig","kind":"spec","ports":[8000],"poll_interval":"5s"}]}"#,
+    )
+    .unwrap();
+    let out = Command::new(BIN).arg("check").arg(&path).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains(
+            "statsig: spec http 0.0.0.0:8000 grpc - <- https://api.statsigcdn.com every 5s"
+        ),
+        "{stdout}"
+    );
+}
+
+#[test]
 fn check_names_the_problem_and_fails() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.json");
