@@ -9,7 +9,6 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -19,8 +18,8 @@ use hyper::header::{
 };
 use hyper::{Method, Request, Response, StatusCode};
 
-use super::store::{Api, Key, Lookup, Spec, Upstream};
-use super::Shared;
+use super::store::{Api, Key, Spec};
+use super::{Missing, Shared};
 use crate::config::spec::valid_key;
 
 pub type Body = Full<Bytes>;
@@ -93,8 +92,15 @@ async fn dcs(
     }
 
     let key = Key { api, sdk_key };
-    let Some(spec) = spec_for(shared, &key).await else {
-        return unauthorized_or_unavailable(shared, &key);
+    let spec = match super::find(shared, &key).await {
+        Ok((_, spec)) => spec,
+        Err(Missing::Unauthorized) => return unauthorized(),
+        Err(Missing::Unavailable) => {
+            let mut r = text(StatusCode::SERVICE_UNAVAILABLE, "Upstream unavailable");
+            r.headers_mut()
+                .insert("retry-after", HeaderValue::from_static("5"));
+            return r;
+        }
     };
     if since.is_some_and(|s| spec.lcut <= s) {
         let mut r = json(
@@ -106,44 +112,6 @@ async fn dcs(
         return r;
     }
     serve(&spec, gzip)
-}
-
-/// The key's current spec, waiting for the first fetch if the key is new.
-async fn spec_for(shared: &Arc<Shared>, key: &Key) -> Option<Arc<Spec>> {
-    let settings = shared.settings.load();
-    let entry = match shared.store.lookup(key, settings.spec.rejected_key_ttl) {
-        Lookup::Rejected => return None,
-        Lookup::Found(e) => e,
-        Lookup::Created(e) => {
-            tokio::spawn(super::poll::fetch(shared.clone(), e.clone()));
-            e
-        }
-    };
-    if let Some(spec) = entry.spec() {
-        return Some(spec);
-    }
-    // First fetch in flight (ours or another request's): wait for its outcome.
-    let mut changes = entry.subscribe();
-    let wait = settings.spec.request_timeout + Duration::from_secs(1);
-    let _ = tokio::time::timeout(
-        wait,
-        changes.wait_for(|(state, spec)| spec.is_some() || *state != Upstream::Pending),
-    )
-    .await;
-    entry.spec()
-}
-
-fn unauthorized_or_unavailable(shared: &Shared, key: &Key) -> Response<Body> {
-    match shared.store.get(key).map(|e| e.upstream()) {
-        // Still pending or failing: upstream, not the key, is the problem.
-        Some(Upstream::Pending) | Some(Upstream::Failing(_)) => {
-            let mut r = text(StatusCode::SERVICE_UNAVAILABLE, "Upstream unavailable");
-            r.headers_mut()
-                .insert("retry-after", HeaderValue::from_static("5"));
-            r
-        }
-        _ => unauthorized(),
-    }
 }
 
 fn serve(spec: &Spec, gzip: bool) -> Response<Body> {

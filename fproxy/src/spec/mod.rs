@@ -5,6 +5,7 @@
 //! swaps the app's settings (upstream, intervals, limits) atomically and keeps its
 //! store, so nothing cached is lost and open connections carry on.
 
+pub mod grpc;
 mod http;
 mod poll;
 pub mod store;
@@ -13,6 +14,7 @@ pub mod upstream;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -26,7 +28,7 @@ use tokio_util::task::TaskTracker;
 use crate::app::{App, BoxFuture};
 use crate::config::{AppConfig, Kind, SpecConfig};
 use crate::listener::{BoundSet, Handler, Listener, Listeners};
-use store::{Api, Key, Lookup, Store};
+use store::{Api, Entry, Key, Lookup, Spec, Store, Upstream as State};
 use upstream::Upstream;
 
 /// Settings of one config version, swapped whole on reload.
@@ -81,6 +83,10 @@ pub(crate) struct Shared {
     pub store: Store,
     connections: TaskTracker,
     active: AtomicUsize,
+    /// Open gRPC streams (capped by `max_streams`).
+    streams: AtomicUsize,
+    /// Wakes the poller when a reload changed the settings.
+    reconfigured: tokio::sync::Notify,
     /// Asks keep-alive connections to finish their request and close.
     closing: CancellationToken,
     /// Drain time is up: close whatever is left.
@@ -117,6 +123,8 @@ impl SpecApp {
             store: Store::default(),
             connections: TaskTracker::new(),
             active: AtomicUsize::new(0),
+            streams: AtomicUsize::new(0),
+            reconfigured: tokio::sync::Notify::new(),
             closing: CancellationToken::new(),
             force_close: CancellationToken::new(),
         });
@@ -148,8 +156,14 @@ impl SpecApp {
 
     fn start_listeners(&mut self, bound: BoundSet) {
         let name = self.shared.name();
-        let handler: Arc<dyn Handler> = Arc::new(HttpHandler(self.shared.clone()));
-        self.listeners.start(&name, bound, |_| handler.clone());
+        let routes = grpc::routes(self.shared.clone());
+        self.listeners.start(&name, bound, |addr| {
+            Arc::new(SpecHandler {
+                shared: self.shared.clone(),
+                addr,
+                grpc: routes.clone(),
+            })
+        });
     }
 }
 
@@ -170,6 +184,7 @@ impl App for SpecApp {
         let old = self.shared.settings.load_full();
         let settings = Settings::new(spec_config(&config), Some(&old));
         self.shared.settings.store(Arc::new(settings));
+        self.shared.reconfigured.notify_one();
         let addresses = config.addresses();
         self.shared.app.store(config);
         self.warm();
@@ -200,34 +215,102 @@ impl App for SpecApp {
     }
 }
 
-/// Serves HTTP/1.1 and HTTP/2 (cleartext) on each accepted connection.
-struct HttpHandler(Arc<Shared>);
+/// Runs a hyper connection; on shutdown lets it finish what is in flight (graceful),
+/// and cuts it when the drain time is up. A macro because the HTTP and gRPC
+/// connection types differ only in their service type.
+macro_rules! serve_graceful {
+    ($shared:expr, $conn:expr) => {{
+        let conn = $conn;
+        tokio::pin!(conn);
+        tokio::select! {
+            _ = conn.as_mut() => {}
+            _ = $shared.closing.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    _ = $shared.force_close.cancelled() => {}
+                }
+            }
+        }
+    }};
+}
 
-impl Handler for HttpHandler {
+/// Serves one listen address: gRPC when the app's current config lists it in
+/// `grpc_listen`, else HTTP/1.1 and HTTP/2. Decided per connection, so an address
+/// that changes role in a reload is served right without rebinding.
+struct SpecHandler {
+    shared: Arc<Shared>,
+    /// The address as configured.
+    addr: SocketAddr,
+    grpc: tonic::service::Routes,
+}
+
+impl Handler for SpecHandler {
     fn handle(&self, stream: TcpStream, _peer: SocketAddr) {
-        let shared = self.0.clone();
+        let shared = self.shared.clone();
+        let is_grpc = match &shared.app.load().kind {
+            Kind::Spec(s) => s.grpc_listen.contains(&self.addr),
+            Kind::Tcp(_) => false,
+        };
+        let grpc = self.grpc.clone();
         shared.active.fetch_add(1, Ordering::Relaxed);
         let tracker = shared.connections.clone();
         tracker.spawn(async move {
             let _ = stream.set_nodelay(true);
-            let svc_shared = shared.clone();
-            let svc = hyper::service::service_fn(move |req| http::handle(svc_shared.clone(), req));
+            let io = TokioIo::new(stream);
             let builder = auto::Builder::new(TokioExecutor::new());
-            let conn = builder.serve_connection(TokioIo::new(stream), svc);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = shared.closing.cancelled() => {
-                    // Finish the request in flight, then close.
-                    conn.as_mut().graceful_shutdown();
-                    tokio::select! {
-                        _ = conn.as_mut() => {}
-                        _ = shared.force_close.cancelled() => {}
-                    }
-                }
+            if is_grpc {
+                let svc = hyper_util::service::TowerToHyperService::new(grpc);
+                serve_graceful!(shared, builder.serve_connection(io, svc));
+            } else {
+                let svc_shared = shared.clone();
+                let svc =
+                    hyper::service::service_fn(move |req| http::handle(svc_shared.clone(), req));
+                serve_graceful!(shared, builder.serve_connection(io, svc));
             }
             shared.active.fetch_sub(1, Ordering::Relaxed);
         });
+    }
+}
+
+/// Why a key has no spec to serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Missing {
+    /// Unknown to upstream (401/403): answer 401 / PERMISSION_DENIED.
+    Unauthorized,
+    /// Upstream has not answered (yet): answer 503 / UNAVAILABLE.
+    Unavailable,
+}
+
+/// The key's entry and current spec, waiting for the first fetch if the key is new
+/// (concurrent first requests all wait on the same fetch).
+pub(crate) async fn find(
+    shared: &Arc<Shared>,
+    key: &Key,
+) -> Result<(Arc<Entry>, Arc<Spec>), Missing> {
+    let settings = shared.settings.load();
+    let entry = match shared.store.lookup(key, settings.spec.rejected_key_ttl) {
+        Lookup::Rejected => return Err(Missing::Unauthorized),
+        Lookup::Found(e) => e,
+        Lookup::Created(e) => {
+            tokio::spawn(poll::fetch(shared.clone(), e.clone()));
+            e
+        }
+    };
+    if let Some(spec) = entry.spec() {
+        return Ok((entry, spec));
+    }
+    let mut changes = entry.subscribe();
+    let wait = settings.spec.request_timeout + Duration::from_secs(1);
+    let _ = tokio::time::timeout(
+        wait,
+        changes.wait_for(|(state, spec)| spec.is_some() || *state != State::Pending),
+    )
+    .await;
+    match (entry.spec(), entry.upstream()) {
+        (Some(spec), _) => Ok((entry, spec)),
+        (None, State::Pending | State::Failing(_)) => Err(Missing::Unavailable),
+        (None, _) => Err(Missing::Unauthorized),
     }
 }
 

@@ -77,21 +77,25 @@ fn backoff(entry: &Entry, base: Duration) {
 
 /// Refreshes every key each poll interval until `stop`.
 pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut last_round = Instant::now();
     loop {
-        let interval = shared.settings.load().spec.poll_interval;
+        // A reload may change the interval: then the next round is due one new
+        // interval after the last round, not after the old interval.
+        let due = last_round + shared.settings.load().spec.poll_interval;
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(interval) => {}
+            _ = shared.reconfigured.notified() => continue,
+            _ = tokio::time::sleep_until(due) => {}
         }
+        last_round = Instant::now();
         let settings = shared.settings.load_full();
         let warm: Vec<Key> = settings.warm_keys();
         for key in shared.store.evict_beyond(settings.spec.max_sdk_keys, &warm) {
             tracing::info!(app = %shared.name(), key = key.masked(), "evicted (least recently requested)");
         }
-        let now = Instant::now();
         let mut fetches = JoinSet::new();
         for entry in shared.store.entries() {
-            if entry.due(now) {
+            if entry.due(last_round) {
                 fetches.spawn(fetch(shared.clone(), entry));
             }
         }

@@ -119,6 +119,11 @@ impl Entry {
         self.spec.load_full()
     }
 
+    /// Counts as a request (for eviction): live streams call this.
+    pub fn touch(&self) {
+        self.last_requested.store(self.now_ms(), Ordering::Relaxed);
+    }
+
     pub fn upstream(&self) -> Upstream {
         self.changes.borrow().0.clone()
     }

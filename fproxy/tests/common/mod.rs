@@ -3,6 +3,8 @@
 //! [`WAIT`], never a sleep.
 #![allow(dead_code)]
 
+pub mod upstream;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;

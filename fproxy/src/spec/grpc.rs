@@ -1,0 +1,181 @@
+//! The gRPC interface (`statsig_forward_proxy.StatsigForwardProxy`).
+//!
+//! `getConfigSpec` answers like the HTTP route. `StreamConfigSpec` sends the full
+//! current spec first (whatever `sinceTime` says: SDKs reconnect with a stale one),
+//! then every newer spec, and a heartbeat `{"has_updates":false}` carrying the lcut of
+//! the last full spec sent (a newer lcut would make SDKs skip the next real update).
+//!
+//! Streams end with UNAVAILABLE, never OK: the Python SDK treats an OK end as final and
+//! only reconnects on its next API call, while it retries UNAVAILABLE. That is how a
+//! stream past its maximum age (plus or minus 10%) is sent to reconnect, possibly to
+//! another instance behind the load balancer, and how shutdown ends streams.
+
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use super::store::{Api, Key, Spec};
+use super::{find, Missing, Shared};
+
+pub mod proto {
+    tonic::include_proto!("statsig_forward_proxy");
+}
+
+use proto::statsig_forward_proxy_server::{StatsigForwardProxy, StatsigForwardProxyServer};
+use proto::{config_spec_request::ApiVersion, ConfigSpecRequest, ConfigSpecResponse};
+
+const HEARTBEAT: &[u8] = br#"{"has_updates":false}"#;
+
+/// The routes served on gRPC listeners: the proxy service and `grpc.health.v1`.
+pub(crate) fn routes(shared: Arc<Shared>) -> tonic::service::Routes {
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    tonic::service::Routes::new(StatsigForwardProxyServer::new(Service { shared }))
+        .add_service(health)
+}
+
+struct Service {
+    shared: Arc<Shared>,
+}
+
+fn key_of(req: &ConfigSpecRequest) -> Result<Key, Status> {
+    let api = match req.version.and_then(|v| ApiVersion::try_from(v).ok()) {
+        Some(ApiVersion::V2) => Api::V2,
+        _ => Api::V1,
+    };
+    if !crate::config::spec::valid_key(&req.sdk_key) {
+        return Err(Status::permission_denied("invalid SDK key"));
+    }
+    Ok(Key {
+        api,
+        sdk_key: req.sdk_key.clone(),
+    })
+}
+
+fn status(m: Missing) -> Status {
+    match m {
+        Missing::Unauthorized => Status::permission_denied("SDK key not accepted upstream"),
+        Missing::Unavailable => Status::unavailable("upstream unavailable; retry"),
+    }
+}
+
+fn message(spec: &Spec) -> ConfigSpecResponse {
+    ConfigSpecResponse {
+        spec: spec.plain.clone(),
+        last_updated: spec.lcut,
+        zstd_dict_id: None,
+    }
+}
+
+type SpecStream = Pin<Box<dyn Stream<Item = Result<ConfigSpecResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl StatsigForwardProxy for Service {
+    async fn get_config_spec(
+        &self,
+        request: Request<ConfigSpecRequest>,
+    ) -> Result<Response<ConfigSpecResponse>, Status> {
+        let key = key_of(request.get_ref())?;
+        let (_, spec) = find(&self.shared, &key).await.map_err(status)?;
+        if request
+            .get_ref()
+            .since_time
+            .is_some_and(|s| s > 0 && spec.lcut <= s)
+        {
+            return Ok(Response::new(ConfigSpecResponse {
+                spec: Bytes::from_static(HEARTBEAT),
+                last_updated: spec.lcut,
+                zstd_dict_id: None,
+            }));
+        }
+        Ok(Response::new(message(&spec)))
+    }
+
+    type StreamConfigSpecStream = SpecStream;
+
+    async fn stream_config_spec(
+        &self,
+        request: Request<ConfigSpecRequest>,
+    ) -> Result<Response<SpecStream>, Status> {
+        let shared = &self.shared;
+        let settings = shared.settings.load_full();
+        let key = key_of(request.get_ref())?;
+        // Take a slot before any work, so a flood of streams is refused cheaply.
+        let open = shared.streams.fetch_add(1, Ordering::AcqRel);
+        let slot = StreamSlot(shared.clone());
+        if open >= settings.spec.max_streams {
+            return Err(Status::resource_exhausted(format!(
+                "too many streams ({}); retry later or elsewhere",
+                settings.spec.max_streams
+            )));
+        }
+        let (entry, first) = find(shared, &key).await.map_err(status)?;
+
+        let (tx, rx) = mpsc::channel(4);
+        let age = settings
+            .spec
+            .max_stream_age
+            .mul_f64(rand::random_range(0.9..=1.1));
+        let heartbeat = settings.spec.heartbeat_interval;
+        let shared = shared.clone();
+        shared.connections.clone().spawn(async move {
+            let _slot = slot;
+            let mut changes = entry.subscribe();
+            let mut sent = first.lcut;
+            if tx.send(Ok(message(&first))).await.is_err() {
+                return;
+            }
+            let end = tokio::time::sleep(age);
+            tokio::pin!(end);
+            let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+            loop {
+                let out = tokio::select! {
+                    changed = changes.changed() => {
+                        if changed.is_err() {
+                            break;
+                        }
+                        let spec = changes.borrow_and_update().1.clone();
+                        match spec {
+                            Some(spec) if spec.lcut > sent => {
+                                sent = spec.lcut;
+                                Ok(message(&spec))
+                            }
+                            _ => continue,
+                        }
+                    }
+                    _ = beat.tick() => {
+                        // A live stream keeps its key from being evicted.
+                        entry.touch();
+                        Ok(ConfigSpecResponse {
+                            spec: Bytes::from_static(HEARTBEAT),
+                            last_updated: sent,
+                            zstd_dict_id: None,
+                        })
+                    }
+                    _ = &mut end => Err(Status::unavailable("maximum stream age reached; reconnect")),
+                    _ = shared.closing.cancelled() => Err(Status::unavailable("server shutting down; reconnect")),
+                    _ = tx.closed() => break,
+                };
+                let last = out.is_err();
+                if tx.send(out).await.is_err() || last {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Counts an open stream until dropped.
+struct StreamSlot(Arc<Shared>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.streams.fetch_sub(1, Ordering::AcqRel);
+    }
+}
