@@ -301,9 +301,11 @@ impl Validator {
             };
             return Err(f.err("ports", hint));
         }
+        // Listeners are known by their configured address, so each may appear once,
+        // port 0 included (use another loopback IP for a second ephemeral listener).
         let mut seen = BTreeSet::new();
         for addr in &addresses {
-            if addr.port() != 0 && !seen.insert(*addr) {
+            if !seen.insert(*addr) {
                 return Err(f.err("listen", format!("{addr} is listed twice")));
             }
         }
@@ -594,6 +596,10 @@ mod tests {
                 "app \"a\": idle_timeout: \"soon\" is not a duration",
             ),
             (r#"{"apps":[],"extra":1}"#, "unknown top-level key `extra`"),
+            (
+                r#"{"apps":[{"name":"s","kind":"spec","listen":["127.0.0.1:0"],"grpc_listen":["127.0.0.1:0"]}]}"#,
+                "app \"s\": listen: 127.0.0.1:0 is listed twice",
+            ),
             (
                 r#"{"apps":[{"name":"a","ports":[1],"targets":["x:1"],"upstream":"http://u"}]}"#,
                 "app \"a\": upstream: does not apply to tcp apps",

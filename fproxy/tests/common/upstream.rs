@@ -113,6 +113,10 @@ fn answer(state: &Mutex<UpState>, req: &Request<hyper::body::Incoming>) -> Respo
     if let Some(code) = status {
         return resp(code, "upstream says no".into());
     }
+    // SDKs ask the API for ID lists at start; there are none.
+    if req.uri().path().ends_with("/get_id_lists") {
+        return resp(200, "{}".into());
+    }
     let key = req
         .uri()
         .path()
@@ -137,6 +141,13 @@ fn answer(state: &Mutex<UpState>, req: &Request<hyper::body::Incoming>) -> Respo
             r
         }
     }
+}
+
+/// A DCS payload with a gate the real SDKs evaluate: on (or off) for everyone.
+pub fn gate_payload(lcut: u64, enabled: bool) -> String {
+    format!(
+        r#"{{"has_updates":true,"time":{lcut},"feature_gates":[{{"name":"always_on_gate","type":"feature_gate","entity":"feature_gate","salt":"s1","enabled":{enabled},"defaultValue":false,"idType":"userID","rules":[{{"name":"everyone","id":"rule1","salt":"s2","groupName":"everyone","passPercentage":100,"returnValue":true,"idType":"userID","conditions":[{{"type":"public","targetValue":null,"operator":null,"field":null,"additionalValues":{{}},"idType":"userID"}}]}}]}}],"dynamic_configs":[],"layer_configs":[],"layers":{{}}}}"#
+    )
 }
 
 pub fn spec_app(upstream: &str, extra: &str) -> String {
