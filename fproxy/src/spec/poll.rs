@@ -106,3 +106,47 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::store::{Api, Lookup, Store};
+
+    /// Each failure doubles the wait from the poll interval, jittered over the upper
+    /// half, up to the cap; a success clears it.
+    #[tokio::test(start_paused = true)]
+    async fn backoff_grows_with_jitter_and_is_capped() {
+        let store = Store::default();
+        let key = Key {
+            api: Api::V1,
+            sdk_key: "secret-k".into(),
+        };
+        let Lookup::Created(entry) = store.lookup(&key, Duration::from_secs(60)) else {
+            panic!("new key not created");
+        };
+        let base = Duration::from_millis(100);
+        let ms = Duration::from_millis;
+        for (failures, (low, high)) in [(1u32, (100, 200)), (2, (200, 400)), (5, (1600, 3200))] {
+            while entry.failures.load(Ordering::Relaxed) < u64::from(failures) {
+                backoff(&entry, base);
+            }
+            let now = Instant::now();
+            assert!(
+                !entry.due(now + ms(low - 2)),
+                "due too early after {failures}"
+            );
+            assert!(entry.due(now + ms(high + 2)), "not due after {failures}");
+        }
+        for _ in 0..30 {
+            backoff(&entry, base);
+        }
+        let now = Instant::now();
+        assert!(entry.due(now + MAX_BACKOFF + ms(2)), "backoff not capped");
+        assert!(!entry.due(now + MAX_BACKOFF / 2 - ms(2)));
+        entry.unchanged();
+        assert!(
+            entry.due(Instant::now()),
+            "a success did not clear the backoff"
+        );
+    }
+}
