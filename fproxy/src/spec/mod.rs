@@ -167,6 +167,14 @@ impl SpecApp {
     }
 }
 
+impl Drop for SpecApp {
+    /// Dropped without a shutdown (an embedder dropping the daemon), the poller
+    /// would otherwise run on forever.
+    fn drop(&mut self) {
+        self.poller.cancel();
+    }
+}
+
 impl App for SpecApp {
     fn config(&self) -> Arc<AppConfig> {
         self.shared.app.load_full()
