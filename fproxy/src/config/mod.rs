@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use spec::SpecConfig;
+pub use spec::{Cache, RedisConfig, SpecConfig};
 pub use tcp::{Target, TcpConfig};
 
 /// Defaults shared by every kind.
@@ -436,6 +436,8 @@ pub(crate) struct RawApp {
     pub(crate) drop_unauthorized: Option<bool>,
     #[serde(default)]
     pub(crate) rejected_key_ttl: Option<String>,
+    #[serde(default)]
+    pub(crate) cache: Option<spec::RawCache>,
 }
 
 impl RawApp {
@@ -463,6 +465,7 @@ impl RawApp {
             ("heartbeat_interval", self.heartbeat_interval.is_some()),
             ("drop_unauthorized", self.drop_unauthorized.is_some()),
             ("rejected_key_ttl", self.rejected_key_ttl.is_some()),
+            ("cache", self.cache.is_some()),
         ];
         set.into_iter()
             .find(|(_, is_set)| *is_set)

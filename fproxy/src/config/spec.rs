@@ -19,6 +19,150 @@ pub mod defaults {
     pub const MAX_STREAM_AGE: Duration = Duration::from_secs(30 * 60);
     pub const HEARTBEAT: Duration = Duration::from_secs(30);
     pub const REJECTED_KEY_TTL: Duration = Duration::from_secs(60);
+    pub const REDIS_PREFIX: &str = "statsig";
+    pub const REDIS_CACHE_TTL: Duration = Duration::from_secs(86_400);
+    pub const REDIS_LEADER_TTL: Duration = Duration::from_secs(70);
+    pub const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+}
+
+/// Where specs are cached besides process memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cache {
+    /// In process only.
+    Local,
+    /// Shared through Redis by every instance pointing at it.
+    Redis(RedisConfig),
+}
+
+/// A Redis cache shared by many instances.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// `redis://` or `rediss://` (TLS) URL, possibly with user and password.
+    pub url: String,
+    /// First segment of every key (`statsig` gives the Statsig SDK adapter layout).
+    pub prefix: String,
+    /// Expiry of cached specs.
+    pub cache_ttl: Duration,
+    /// Expiry of the leader key; a follower takes over this long after a leader dies.
+    pub leader_ttl: Duration,
+    pub connect_timeout: Duration,
+    /// Also write the legacy key named by the SDK key's SHA-256 (older adapters).
+    pub legacy_hashed_key: bool,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    /// Never prints the URL's password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &redact_url(&self.url))
+            .field("prefix", &self.prefix)
+            .field("cache_ttl", &self.cache_ttl)
+            .field("leader_ttl", &self.leader_ttl)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("legacy_hashed_key", &self.legacy_hashed_key)
+            .finish()
+    }
+}
+
+/// The URL with any password replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map(|(u, _)| u).unwrap_or("");
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_string(),
+    }
+}
+
+/// The `cache` object as written.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCache {
+    backend: String,
+    #[serde(default)]
+    url: Option<String>,
+    /// Name of an environment variable holding the URL (keeps secrets out of config).
+    #[serde(default)]
+    url_env: Option<String>,
+    #[serde(default)]
+    prefix: Option<String>,
+    #[serde(default)]
+    cache_ttl: Option<String>,
+    #[serde(default)]
+    leader_ttl: Option<String>,
+    #[serde(default)]
+    connect_timeout: Option<String>,
+    #[serde(default)]
+    legacy_hashed_key: Option<bool>,
+}
+
+impl Cache {
+    fn validate(raw: Option<RawCache>, f: &Fields<'_>) -> Result<Cache, ConfigError> {
+        let Some(raw) = raw else {
+            return Ok(Cache::Local);
+        };
+        match raw.backend.as_str() {
+            "local" => return Ok(Cache::Local),
+            "redis" => {}
+            other => {
+                return Err(f.err(
+                    "cache.backend",
+                    format!("unknown cache backend {other:?} (known: local, redis)"),
+                ))
+            }
+        }
+        let url = match (raw.url, raw.url_env) {
+            (Some(_), Some(_)) => {
+                return Err(f.err("cache.url", "set `url` or `url_env`, not both"))
+            }
+            (Some(u), None) => u,
+            (None, Some(var)) => std::env::var(&var).map_err(|_| {
+                f.err(
+                    "cache.url_env",
+                    format!("environment variable {var} is not set"),
+                )
+            })?,
+            (None, None) => {
+                return Err(f.err("cache.url", "a redis cache needs `url` or `url_env`"))
+            }
+        };
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            return Err(f.err(
+                "cache.url",
+                format!("{} is not a redis:// or rediss:// URL", redact_url(&url)),
+            ));
+        }
+        let prefix = raw.prefix.unwrap_or_else(|| defaults::REDIS_PREFIX.into());
+        if prefix.is_empty() || prefix.contains('|') {
+            return Err(f.err("cache.prefix", "must be non-empty and without `|`"));
+        }
+        let cache_ttl = f.duration("cache.cache_ttl", raw.cache_ttl, defaults::REDIS_CACHE_TTL)?;
+        let leader_ttl = f.duration(
+            "cache.leader_ttl",
+            raw.leader_ttl,
+            defaults::REDIS_LEADER_TTL,
+        )?;
+        if leader_ttl < std::time::Duration::from_millis(300) {
+            return Err(f.err("cache.leader_ttl", "must be at least 300ms"));
+        }
+        let connect_timeout = f.duration(
+            "cache.connect_timeout",
+            raw.connect_timeout,
+            defaults::REDIS_CONNECT_TIMEOUT,
+        )?;
+        Ok(Cache::Redis(RedisConfig {
+            url,
+            prefix,
+            cache_ttl,
+            leader_ttl,
+            connect_timeout,
+            legacy_hashed_key: raw.legacy_hashed_key.unwrap_or(false),
+        }))
+    }
 }
 
 /// A validated spec app.
@@ -49,6 +193,7 @@ pub struct SpecConfig {
     pub drop_unauthorized: bool,
     /// How long a key upstream rejected is answered 401 without asking again.
     pub rejected_key_ttl: Duration,
+    pub cache: Cache,
 }
 
 impl SpecConfig {
@@ -148,6 +293,7 @@ impl SpecConfig {
             heartbeat_interval,
             drop_unauthorized: raw.drop_unauthorized.take().unwrap_or(false),
             rejected_key_ttl,
+            cache: Cache::validate(raw.cache.take(), f)?,
         })
     }
 }

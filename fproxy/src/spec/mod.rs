@@ -8,6 +8,7 @@
 pub mod grpc;
 mod http;
 mod poll;
+pub mod redis;
 pub mod store;
 pub mod upstream;
 
@@ -26,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::app::{App, BoxFuture};
-use crate::config::{AppConfig, Kind, SpecConfig};
+use crate::config::{AppConfig, Cache, Kind, SpecConfig};
 use crate::listener::{BoundSet, Handler, Listener, Listeners};
 use store::{Api, Entry, Key, Lookup, Spec, Store, Upstream as State};
 use upstream::Upstream;
@@ -38,6 +39,8 @@ pub(crate) struct Settings {
     pub upstream: Result<Upstream, String>,
     /// Bounds upstream fetches in flight.
     pub fetches: Arc<Semaphore>,
+    /// The shared cache, when configured, and the token that stops its tasks.
+    pub redis: Option<(Arc<redis::RedisCache>, CancellationToken)>,
 }
 
 impl Settings {
@@ -56,11 +59,26 @@ impl Settings {
             Some(p) if p.spec.fetch_concurrency == spec.fetch_concurrency => p.fetches.clone(),
             _ => Arc::new(Semaphore::new(spec.fetch_concurrency)),
         };
+        let redis = match (&spec.cache, previous.and_then(|p| p.redis.as_ref())) {
+            (Cache::Redis(cfg), Some((r, stop))) if r.config() == cfg => {
+                Some((r.clone(), stop.clone()))
+            }
+            (Cache::Redis(cfg), _) => Some((
+                redis::RedisCache::new(cfg.clone()),
+                CancellationToken::new(),
+            )),
+            (Cache::Local, _) => None,
+        };
         Settings {
             spec,
             upstream,
             fetches,
+            redis,
         }
+    }
+
+    pub fn cache(&self) -> Option<&Arc<redis::RedisCache>> {
+        self.redis.as_ref().map(|(r, _)| r)
     }
 
     /// Warm keys are v1 keys (what most server SDKs ask for).
@@ -130,6 +148,7 @@ impl SpecApp {
         });
         let poller = CancellationToken::new();
         tokio::spawn(poll::run(shared.clone(), poller.clone()));
+        start_cache(&shared, None);
         let mut app = SpecApp {
             shared,
             listeners: Listeners::default(),
@@ -172,6 +191,9 @@ impl Drop for SpecApp {
     /// would otherwise run on forever.
     fn drop(&mut self) {
         self.poller.cancel();
+        if let Some((_, stop)) = &self.shared.settings.load().redis {
+            stop.cancel();
+        }
     }
 }
 
@@ -192,6 +214,7 @@ impl App for SpecApp {
         let old = self.shared.settings.load_full();
         let settings = Settings::new(spec_config(&config), Some(&old));
         self.shared.settings.store(Arc::new(settings));
+        start_cache(&self.shared, Some(&old));
         self.shared.reconfigured.notify_one();
         let addresses = config.addresses();
         self.shared.app.store(config);
@@ -208,6 +231,9 @@ impl App for SpecApp {
         Box::pin(async move {
             self.listeners.retire_all().await;
             self.poller.cancel();
+            if let Some((_, stop)) = &self.shared.settings.load().redis {
+                stop.cancel();
+            }
             let shared = &self.shared;
             // Keep-alive connections finish their request in flight, then close.
             shared.closing.cancel();
@@ -221,6 +247,31 @@ impl App for SpecApp {
             .await;
         })
     }
+}
+
+/// Starts the tasks of the settings' Redis cache unless `old` already ran them, and
+/// stops those of a cache the new settings dropped.
+fn start_cache(shared: &Arc<Shared>, old: Option<&Settings>) {
+    let settings = shared.settings.load();
+    let new = settings.redis.as_ref();
+    if let Some((old_cache, stop)) = old.and_then(|o| o.redis.as_ref()) {
+        if new.is_none_or(|(n, _)| !Arc::ptr_eq(n, old_cache)) {
+            stop.cancel();
+        }
+    }
+    let Some((cache, stop)) = new else { return };
+    if old
+        .and_then(|o| o.redis.as_ref())
+        .is_some_and(|(o, _)| Arc::ptr_eq(o, cache))
+    {
+        return;
+    }
+    tokio::spawn(cache.clone().connect(stop.clone()));
+    tokio::spawn(poll::lead(shared.clone(), cache.clone(), stop.clone()));
+    let follower = shared.clone();
+    tokio::spawn(cache.clone().follow(stop.clone(), move |hash_key| {
+        poll::on_announced(&follower, &hash_key);
+    }));
 }
 
 /// Runs a hyper connection; on shutdown lets it finish what is in flight (graceful),
@@ -326,7 +377,18 @@ pub(crate) async fn find(
 #[derive(Debug, Serialize)]
 pub struct Readiness {
     pub ready: bool,
+    /// The shared cache's state; its outages do not make the app unready (it serves
+    /// from memory) but are reported here.
+    pub cache: CacheReport,
     pub keys: Vec<KeyReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CacheReport {
+    pub backend: &'static str,
+    pub connected: bool,
+    pub leader: bool,
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -391,7 +453,21 @@ pub(crate) fn readiness(shared: &Shared, check_staleness: bool) -> Readiness {
             problem,
         });
     }
-    Readiness { ready, keys }
+    let cache = match settings.cache() {
+        None => CacheReport {
+            backend: "local",
+            connected: true,
+            leader: false,
+            error: None,
+        },
+        Some(r) => CacheReport {
+            backend: "redis",
+            connected: r.is_connected(),
+            leader: r.is_leader(),
+            error: r.error(),
+        },
+    };
+    Readiness { ready, cache, keys }
 }
 
 fn describe(state: &store::Upstream) -> String {

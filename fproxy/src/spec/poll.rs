@@ -14,16 +14,31 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::store::{Entry, Key, Upstream as State};
+use super::redis::RedisCache;
+use super::store::{Entry, Key, Lookup, Spec, Upstream as State};
 use super::upstream::Fetched;
 use super::Shared;
 
 /// The longest a failing key waits between attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
-/// Fetches one key now and records the outcome.
+/// Fetches one key now and records the outcome. With a shared cache, a key seen for
+/// the first time is looked up there first (so a fresh instance serves at once, even
+/// with upstream down), and only the leader writes what upstream sends.
 pub async fn fetch(shared: Arc<Shared>, entry: Arc<Entry>) {
     let settings = shared.settings.load_full();
+    let cache = settings.cache().filter(|c| c.is_connected()).cloned();
+    if let (Some(cache), None) = (&cache, entry.spec()) {
+        if !cache.is_leader() {
+            let _ = cache.register(&entry.key).await;
+        }
+        if let Ok(Some((lcut, body))) = cache.read_newer(&entry.key, 0).await {
+            if upstream_payload_ok(&body) {
+                entry.offer(Spec::new(lcut, body));
+                return;
+            }
+        }
+    }
     let upstream = match &settings.upstream {
         Ok(u) => u.clone(),
         Err(e) => {
@@ -42,6 +57,11 @@ pub async fn fetch(shared: Arc<Shared>, entry: Arc<Entry>) {
             let lcut = spec.lcut;
             if entry.offer(spec) {
                 tracing::info!(app = %shared.name(), key, lcut, "spec updated");
+                if let (Some(cache), Some(spec)) = (&cache, entry.spec()) {
+                    if cache.is_leader() {
+                        let _ = cache.write(&entry.key, &spec).await;
+                    }
+                }
             }
         }
         Ok(Fetched::Unchanged) => entry.unchanged(),
@@ -52,6 +72,9 @@ pub async fn fetch(shared: Arc<Shared>, entry: Arc<Entry>) {
                 shared.store.reject(&entry.key);
             } else if settings.spec.drop_unauthorized {
                 entry.clear();
+                if let Some(cache) = cache.as_ref().filter(|c| c.is_leader()) {
+                    let _ = cache.delete(&entry.key).await;
+                }
             }
             entry.set_upstream(State::Unauthorized);
             backoff(&entry, settings.spec.poll_interval);
@@ -60,6 +83,82 @@ pub async fn fetch(shared: Arc<Shared>, entry: Arc<Entry>) {
             tracing::warn!(app = %shared.name(), key, error = %e, "fetch failed; serving the last good spec");
             entry.set_upstream(State::Failing(e.to_string()));
             backoff(&entry, settings.spec.poll_interval);
+        }
+    }
+}
+
+/// What Redis holds passes the same check as what upstream sends.
+fn upstream_payload_ok(body: &bytes::Bytes) -> bool {
+    matches!(
+        super::upstream::parse(body.clone(), None),
+        Ok(Fetched::Spec(_))
+    )
+}
+
+/// A follower's refresh of one key from the shared cache.
+async fn sync_from_cache(cache: &RedisCache, entry: &Entry, leader_alive: bool) {
+    let current = entry.spec().map(|s| s.lcut).unwrap_or(0);
+    match cache.read_newer(&entry.key, current).await {
+        Ok(Some((lcut, body))) if upstream_payload_ok(&body) => {
+            entry.offer(Spec::new(lcut, body));
+        }
+        // Nothing newer: fresh as far as a live leader keeps Redis fresh.
+        Ok(_) if leader_alive => entry.unchanged(),
+        _ => {}
+    }
+}
+
+/// Keeps this instance's leadership up to date: a step every third of the leader
+/// TTL, so a dead leader's key expires and a follower takes over within the TTL.
+pub async fn lead(shared: Arc<Shared>, cache: Arc<RedisCache>, stop: CancellationToken) {
+    let period = cache.config().leader_ttl / 3;
+    loop {
+        let (me, _) = cache.elect().await;
+        if me {
+            // Poll keys followers registered as soon as we lead.
+            shared.reconfigured.notify_one();
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(period) => {}
+        }
+    }
+}
+
+/// The leader announced a change of the hash `hash_key`: followers read it now.
+pub fn on_announced(shared: &Arc<Shared>, hash_key: &str) {
+    let settings = shared.settings.load();
+    let Some(cache) = settings.cache().cloned() else {
+        return;
+    };
+    if cache.is_leader() {
+        return;
+    }
+    for entry in shared.store.entries() {
+        if cache.hash_key(&entry.key) == hash_key {
+            let cache = cache.clone();
+            tokio::spawn(async move { sync_from_cache(&cache, &entry, true).await });
+        }
+    }
+}
+
+/// Writes again every spec Redis lacks or holds older (Redis restarted, flushed, or
+/// expired it), so SDK adapters reading Redis never fall back to nothing.
+async fn repair(shared: &Shared, cache: &RedisCache) {
+    for entry in shared.store.entries() {
+        let Some(spec) = entry.spec() else { continue };
+        match cache.lcut(&entry.key).await {
+            Ok(Some(stored)) if stored >= spec.lcut => {}
+            Ok(_) => {
+                if let Ok(true) = cache.write(&entry.key, &spec).await {
+                    tracing::info!(
+                        key = entry.key.masked(),
+                        lcut = spec.lcut,
+                        "rewrote a spec missing from redis"
+                    );
+                }
+            }
+            Err(_) => return, // Redis is down; try next round
         }
     }
 }
@@ -93,6 +192,30 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
         for key in shared.store.evict_beyond(settings.spec.max_sdk_keys, &warm) {
             tracing::info!(app = %shared.name(), key = key.masked(), "evicted (least recently requested)");
         }
+        let cache = settings.cache().filter(|c| c.is_connected()).cloned();
+        if let Some(cache) = &cache {
+            if !cache.is_leader() {
+                // A follower: Redis, kept by the leader, is the source.
+                let (_, leader_alive) = cache.elect().await;
+                for entry in shared.store.entries() {
+                    sync_from_cache(cache, &entry, leader_alive).await;
+                }
+                continue;
+            }
+            // The leader polls every key any instance asked for.
+            if let Ok(keys) = cache.registered().await {
+                for key in keys {
+                    if let Lookup::Created(e) =
+                        shared.store.lookup(&key, settings.spec.rejected_key_ttl)
+                    {
+                        tracing::debug!(
+                            key = e.key.masked(),
+                            "polling a key registered by a follower"
+                        );
+                    }
+                }
+            }
+        }
         let mut fetches = JoinSet::new();
         for entry in shared.store.entries() {
             if entry.due(last_round) {
@@ -103,6 +226,9 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = async { while fetches.join_next().await.is_some() {} } => {}
+        }
+        if let Some(cache) = cache.filter(|c| c.is_leader()) {
+            repair(&shared, &cache).await;
         }
     }
 }

@@ -3,6 +3,7 @@
 //! [`WAIT`], never a sleep.
 #![allow(dead_code)]
 
+pub mod redis_server;
 pub mod upstream;
 
 use std::net::SocketAddr;
