@@ -6,7 +6,7 @@
 
 use clap::{Parser, Subcommand};
 
-use crate::cmd::{balancer, completions, echo, ping, simulate};
+use crate::cmd::{balancer, completions, echo, ping, simulate, spec_load, spec_upstream};
 
 const ABOUT_AFTER: &str = "\
 Quick start (from the repository root, three terminals):
@@ -16,7 +16,8 @@ Quick start (from the repository root, three terminals):
 
 See docs/ftest.md for every command, the identity probe and exit codes.";
 
-/// Try, check and load-test fproxy: echo backends, ping, balance checks, load.
+/// Try, check and load-test fproxy: echo backends, ping, balance checks, load, and a
+/// fake Statsig upstream and load for the spec app.
 #[derive(Debug, Parser)]
 #[command(name = "ftest", version, about, after_help = ABOUT_AFTER)]
 pub struct Cli {
@@ -34,6 +35,10 @@ pub enum Command {
     Balancer(balancer::Args),
     /// Generate load and report throughput, latency percentiles and errors.
     Simulate(simulate::Args),
+    /// Serve a fake Statsig upstream (download_config_specs) that can publish versions.
+    SpecUpstream(spec_upstream::Args),
+    /// Load a spec app over HTTP, or time one update reaching many gRPC streams.
+    SpecLoad(spec_load::Args),
     /// Print a shell completion script.
     Completions(completions::Args),
 }

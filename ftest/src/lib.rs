@@ -1,4 +1,5 @@
-//! ftest: try, check and load-test fproxy (or any TCP echo path).
+//! ftest: try, check and load-test fproxy (or any TCP echo path, or anything serving
+//! Statsig's `download_config_specs`).
 //!
 //! The binary is a thin shell over this library so the integration tests can call
 //! the same functions the commands use. One module per command lives under
@@ -8,6 +9,8 @@
 pub mod cli;
 pub mod cmd;
 pub mod exchange;
+pub mod http;
+pub mod latency;
 pub mod net;
 pub mod payload;
 pub mod probe;

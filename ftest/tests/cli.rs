@@ -188,7 +188,15 @@ async fn completions_and_usage_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_command_has_help_with_an_example() {
-    for cmd in ["echo", "ping", "balancer", "simulate", "completions"] {
+    for cmd in [
+        "echo",
+        "ping",
+        "balancer",
+        "simulate",
+        "completions",
+        "spec-upstream",
+        "spec-load",
+    ] {
         let out = output(&[cmd, "--help"]).await;
         assert_eq!(out.status.code(), Some(0), "{cmd}");
         let help = text(&out.stdout);

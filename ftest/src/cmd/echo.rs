@@ -145,6 +145,8 @@ pub async fn start(listen: &[String], ids: &[String]) -> anyhow::Result<Echo> {
 pub async fn run(args: &Args) -> anyhow::Result<()> {
     use std::io::Write;
     let echo = start(&args.listen, &args.id).await?;
+    // Installed before saying it is ready, so a SIGTERM right after is not missed.
+    let stop = super::stop_signal();
     let write_err = |e: io::Error| anyhow::anyhow!("write output: {}", describe(&e));
     // Line by line and unlocked between lines: scripts wait for "listening on".
     let mut out = std::io::stdout();
@@ -158,7 +160,7 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
         echo.backends.len()
     )
     .map_err(write_err)?;
-    super::stop_signal().await;
+    stop.await;
     for b in &echo.backends {
         writeln!(
             out,
@@ -210,7 +212,7 @@ fn check_unique(bound: &[(String, Vec<(SocketAddr, TcpListener)>)]) -> anyhow::R
 /// SO_REUSEADDR so a restarted backend can rebind while old connections sit in
 /// TIME_WAIT; no SO_REUSEPORT, so a second `ftest echo` on the same port is an error
 /// rather than a silent split of the traffic.
-fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+pub(crate) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     if addr.is_ipv6() {

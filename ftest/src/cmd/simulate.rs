@@ -17,19 +17,20 @@ mod worker;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::ArgGroup;
-use hdrhistogram::Histogram;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+pub use crate::latency::Latency;
 pub use progress::ProgressMode;
-pub use report::{Latency, Report};
+pub use report::Report;
 
+use crate::latency::Recorder;
 use crate::net::{self, parse_millis, parse_seconds, TargetArgs};
 
 const EXAMPLES: &str = "\
@@ -46,11 +47,6 @@ Exit status: 0 when every request succeeded, 1 otherwise.";
 
 /// More workers than this would exhaust ports and memory long before helping.
 const MAX_CONCURRENCY: usize = 100_000;
-/// Highest latency the histogram tells apart (µs); longer ones count as this.
-const MAX_LATENCY_US: u64 = 3_600_000_000;
-/// Histograms are shared by workers in shards: one per worker would cost ~200 KB
-/// each, too much at thousands of workers; a shard's lock is held only to record.
-const HISTOGRAM_SHARDS: usize = 64;
 
 #[derive(Debug, Clone, clap::Args)]
 #[command(after_help = EXAMPLES)]
@@ -185,7 +181,7 @@ struct Shared {
     ok: AtomicU64,
     failed: AtomicU64,
     stopped: AtomicBool,
-    histograms: Vec<Mutex<Histogram<u64>>>,
+    latencies: Recorder,
     /// The test data: one pattern, read at a different offset per request.
     payload: Arc<[u8]>,
 }
@@ -238,12 +234,7 @@ impl Shared {
     }
 
     fn record(&self, worker: usize, latency: Duration) {
-        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-        let shard = &self.histograms[worker % self.histograms.len()];
-        // A poisoned lock only means another worker panicked mid-record; the
-        // counts are still usable.
-        let mut h = shard.lock().unwrap_or_else(|p| p.into_inner());
-        h.saturating_record(us);
+        self.latencies.record(worker, latency);
     }
 }
 
@@ -254,13 +245,7 @@ pub async fn simulate(
     mode: ProgressMode,
     stop: impl Future<Output = ()>,
 ) -> anyhow::Result<Report> {
-    let shards = plan.concurrency.min(HISTOGRAM_SHARDS);
-    let mut histograms = Vec::with_capacity(shards);
-    for _ in 0..shards {
-        let h = Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
-            .context("cannot create the latency histogram")?;
-        histograms.push(Mutex::new(h));
-    }
+    let latencies = Recorder::new(plan.concurrency)?;
     let shared = Arc::new(Shared {
         plan: plan.clone(),
         start: Instant::now(),
@@ -268,7 +253,7 @@ pub async fn simulate(
         ok: AtomicU64::new(0),
         failed: AtomicU64::new(0),
         stopped: AtomicBool::new(false),
-        histograms,
+        latencies,
         payload: crate::payload::pattern(plan.size + worker::ROTATE, 1).into(),
     });
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 
 use ftest::cmd::echo::{self, Echo};
+use ftest::cmd::spec_upstream::{self, Options, Source, SpecUpstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -137,4 +138,64 @@ pub async fn plain_echo() -> (SocketAddr, JoinHandle<()>) {
         let _ = w.shutdown().await;
     })
     .await
+}
+
+/// An SDK key the fake upstream serves.
+pub const KEY: &str = "secret-ftest-key-0123456789";
+
+/// `ftest spec-upstream` on 127.0.0.1:0 serving `gates` generated gates to [`KEY`].
+pub async fn spec_upstream(
+    gates: usize,
+    publish_every: Option<std::time::Duration>,
+) -> SpecUpstream {
+    spec_upstream::start(&Options {
+        listen: "127.0.0.1:0".into(),
+        sdk_keys: vec![KEY.into()],
+        source: Source::Gates(gates),
+        lcut: None,
+        publish_every,
+    })
+    .await
+    .expect("start spec-upstream")
+}
+
+/// An fproxy spec app in this process: HTTP on 127.0.0.1, gRPC on 127.0.0.2.
+pub struct SpecProxy {
+    pub daemon: fproxy::Daemon,
+    pub http: SocketAddr,
+    pub grpc: SocketAddr,
+}
+
+/// Starts a spec app polling `upstream` every 100 ms.
+pub async fn spec_proxy(upstream: &str) -> SpecProxy {
+    let json = serde_json::json!({
+        "apps": [{
+            "name": "spec",
+            "kind": "spec",
+            "listen": ["127.0.0.1:0"],
+            "grpc_listen": ["127.0.0.2:0"],
+            "upstream": upstream,
+            "poll_interval": "100ms",
+            "drain_timeout": "1s",
+        }]
+    });
+    let mut daemon = fproxy::Daemon::new(fproxy::Registry::default());
+    let config = daemon
+        .validator()
+        .parse(&json.to_string())
+        .expect("valid config");
+    let applied = daemon.apply(config).await.expect("apply config");
+    let addrs = &applied.listeners["spec"];
+    let pick = |last: u8| {
+        addrs
+            .iter()
+            .copied()
+            .find(|a| matches!(a.ip(), std::net::IpAddr::V4(v4) if v4.octets()[3] == last))
+            .unwrap_or_else(|| panic!("no 127.0.0.{last} listener in {addrs:?}"))
+    };
+    SpecProxy {
+        http: pick(1),
+        grpc: pick(2),
+        daemon,
+    }
 }

@@ -6,25 +6,12 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::worker::{Errors, Outcome};
 use super::{Length, Plan, Shared};
 use crate::exchange::Failure;
-
-/// Latency of successful requests, in microseconds.
-#[derive(Debug, Clone, Serialize)]
-pub struct Latency {
-    pub min: u64,
-    pub mean: f64,
-    pub p50: u64,
-    pub p90: u64,
-    pub p99: u64,
-    #[serde(rename = "p99_9")]
-    pub p999: u64,
-    pub max: u64,
-}
+use crate::latency::{per_second, Latency};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -74,15 +61,7 @@ impl Report {
             connections += o.connections;
             errors.merge(o.errors);
         }
-        let latency = merged(shared).filter(|h| !h.is_empty()).map(|h| Latency {
-            min: h.min(),
-            mean: h.mean(),
-            p50: h.value_at_quantile(0.50),
-            p90: h.value_at_quantile(0.90),
-            p99: h.value_at_quantile(0.99),
-            p999: h.value_at_quantile(0.999),
-            max: h.max(),
-        });
+        let latency = shared.latencies.merged().and_then(|h| Latency::of(&h));
         let ok = shared.ok.load(Ordering::Relaxed);
         let failed = shared.failed.load(Ordering::Relaxed);
         let secs = elapsed.as_secs_f64().max(1e-9);
@@ -166,19 +145,7 @@ impl Report {
         )?;
         writeln!(out, "connections: {} opened", self.connections)?;
         match &self.latency_us {
-            Some(l) => {
-                writeln!(
-                    out,
-                    "latency ms:  p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  (mean {}, min {})",
-                    us(l.p50 as f64),
-                    us(l.p90 as f64),
-                    us(l.p99 as f64),
-                    us(l.p999 as f64),
-                    us(l.max as f64),
-                    us(l.mean),
-                    us(l.min as f64)
-                )?;
-            }
+            Some(l) => writeln!(out, "latency ms:  {}", l.text_ms())?,
             None => writeln!(out, "latency:     no successful request")?,
         }
         let kinds: Vec<String> = self
@@ -197,36 +164,4 @@ impl Report {
         }
         Ok(())
     }
-}
-
-fn merged(shared: &Shared) -> Option<Histogram<u64>> {
-    let mut all: Option<Histogram<u64>> = None;
-    for shard in &shared.histograms {
-        let h = shard.lock().unwrap_or_else(|p| p.into_inner());
-        match &mut all {
-            None => all = Some(h.clone()),
-            // Shards share bounds, so adding cannot fail; should it, the shard is
-            // left out rather than the whole report lost.
-            Some(a) => {
-                let _ = a.add(&*h);
-            }
-        }
-    }
-    all
-}
-
-/// Microseconds as milliseconds with three decimals.
-fn us(v: f64) -> String {
-    format!("{:.3}", v / 1000.0)
-}
-
-fn per_second(bytes: f64) -> String {
-    const UNITS: [&str; 4] = ["B/s", "KiB/s", "MiB/s", "GiB/s"];
-    let mut v = bytes;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    format!("{v:.1} {}", UNITS[u])
 }
