@@ -16,9 +16,20 @@ use tokio::net::{TcpListener, TcpStream};
 async fn backend(tag: u8, up: Arc<AtomicBool>) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
+    serve_backend(l, tag, up, None);
+    addr
+}
+
+/// Serves `backend`'s protocol on `l`, reporting each probe on `probed`.
+fn serve_backend(
+    l: TcpListener,
+    tag: u8,
+    up: Arc<AtomicBool>,
+    probed: Option<tokio::sync::mpsc::UnboundedSender<()>>,
+) {
     tokio::spawn(async move {
         while let Ok((mut s, _)) = l.accept().await {
-            let up = up.clone();
+            let (up, probed) = (up.clone(), probed.clone());
             tokio::spawn(async move {
                 let mut buf = [0u8; 16];
                 let Ok(n) = s.read(&mut buf).await else {
@@ -31,13 +42,15 @@ async fn backend(tag: u8, up: Arc<AtomicBool>) -> SocketAddr {
                         b"NOPE"
                     };
                     let _ = s.write_all(answer).await;
+                    if let Some(p) = probed {
+                        let _ = p.send(());
+                    }
                 } else {
                     let _ = s.write_all(&[tag]).await;
                 }
             });
         }
     });
-    addr
 }
 
 /// Which backend a new connection through the proxy reaches.
@@ -94,30 +107,18 @@ async fn active_checks_take_a_target_out_and_bring_it_back() {
 
 #[tokio::test]
 async fn every_target_down_fails_open() {
-    // A plain listener that counts health probes, so the test can wait for them.
+    // Backends that fail every check and report each probe, so the test can wait.
     let (probed, mut probes) = tokio::sync::mpsc::unbounded_channel::<()>();
     let mut targets = Vec::new();
     for tag in [b'a', b'b'] {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         targets.push(l.local_addr().unwrap());
-        let probed = probed.clone();
-        tokio::spawn(async move {
-            while let Ok((mut s, _)) = l.accept().await {
-                let probed = probed.clone();
-                tokio::spawn(async move {
-                    let mut buf = [0u8; 16];
-                    let Ok(n) = s.read(&mut buf).await else {
-                        return;
-                    };
-                    if buf[..n].starts_with(b"PING") {
-                        let _ = s.write_all(b"NOPE").await;
-                        let _ = probed.send(());
-                    } else {
-                        let _ = s.write_all(&[tag]).await;
-                    }
-                });
-            }
-        });
+        serve_backend(
+            l,
+            tag,
+            Arc::new(AtomicBool::new(false)),
+            Some(probed.clone()),
+        );
     }
     let p = Proxy::start(&config(&[app("h", &["127.0.0.1:0"], &targets, CHECK)])).await;
     // Both fail their checks (fall 2: wait for three rounds of two probes)...
@@ -149,15 +150,7 @@ async fn failing_target_is_ejected_then_returns() {
     }
     // "b" comes up, but is still ejected: traffic stays on "a" for now...
     let l = TcpListener::bind(b).await.unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 16];
-                let _ = s.read(&mut buf).await;
-                let _ = s.write_all(b"b").await;
-            });
-        }
-    });
+    serve_backend(l, b'b', Arc::new(AtomicBool::new(true)), None);
     assert_eq!(reach(addr).await, b'a');
     // ...and once the ejection ends it gets its share again.
     within("b back after ejection", async {
