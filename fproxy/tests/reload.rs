@@ -158,7 +158,7 @@ async fn in_flight_connection_survives_a_reload_of_its_app() {
 #[tokio::test]
 async fn removed_target_connections_close_after_drain_timeout() {
     let (a, b) = (tagged_backend(b'a').await, tagged_backend(b'b').await);
-    let drain = r#","drain_timeout":"300ms""#;
+    let drain = r#","drain_timeout":"300ms","strategy":"round_robin""#;
     let mut p = Proxy::start(&config(&[app("d", &["127.0.0.1:0"], &[a, b], drain)])).await;
     let (ta, mut to_a) = which(p.addr("d")).await.unwrap();
     let (tb, mut to_b) = which(p.addr("d")).await.unwrap();

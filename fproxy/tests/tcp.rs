@@ -27,7 +27,13 @@ async fn round_robin_exact_order() {
         tagged_backend(b'b').await,
         tagged_backend(b'c').await,
     ];
-    let p = Proxy::start(&config(&[app("rr", &["127.0.0.1:0"], &targets, "")])).await;
+    let p = Proxy::start(&config(&[app(
+        "rr",
+        &["127.0.0.1:0"],
+        &targets,
+        r#","strategy":"round_robin""#,
+    )]))
+    .await;
     let mut seen = Vec::new();
     for _ in 0..9 {
         seen.push(which(p.addr("rr")).await.unwrap().0);

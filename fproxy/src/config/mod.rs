@@ -394,7 +394,13 @@ pub(crate) struct RawApp {
     drain_timeout: Option<String>,
     // tcp
     #[serde(default, alias = "Targets")]
-    pub(crate) targets: Vec<String>,
+    pub(crate) targets: Vec<tcp::RawTarget>,
+    #[serde(default)]
+    pub(crate) health_check: Option<tcp::RawHealthCheck>,
+    #[serde(default)]
+    pub(crate) passive: Option<tcp::RawPassive>,
+    #[serde(default)]
+    pub(crate) new_targets_healthy: Option<bool>,
     #[serde(default, alias = "Strategy")]
     pub(crate) strategy: Option<String>,
     #[serde(default)]
@@ -451,6 +457,9 @@ impl RawApp {
             ("idle_timeout", self.idle_timeout.is_some()),
             ("max_connections", self.max_connections.is_some()),
             ("buffer_size", self.buffer_size.is_some()),
+            ("health_check", self.health_check.is_some()),
+            ("passive", self.passive.is_some()),
+            ("new_targets_healthy", self.new_targets_healthy.is_some()),
             ("grpc_listen", !self.grpc_listen.is_empty()),
             ("grpc_ports", !self.grpc_ports.is_empty()),
             ("upstream", self.upstream.is_some()),
@@ -478,7 +487,7 @@ mod tests {
     use super::*;
 
     fn v() -> Validator {
-        Validator::new(["round_robin"])
+        Validator::new(["p2c", "round_robin"])
     }
 
     fn tcp(app: &AppConfig) -> &TcpConfig {
@@ -515,7 +524,7 @@ mod tests {
                 port: 5001
             }]
         );
-        assert_eq!(app.strategy, "round_robin");
+        assert_eq!(app.strategy, "p2c");
         assert_eq!(app.connect_timeout, defaults::tcp::CONNECT_TIMEOUT);
         assert_eq!(app.buffer_size, defaults::tcp::BUFFER_SIZE);
     }
@@ -588,7 +597,7 @@ mod tests {
             ),
             (
                 r#"{"apps":[{"name":"a","ports":[1],"targets":["x:1"],"strategy":"fastest"}]}"#,
-                "app \"a\": strategy: unknown strategy \"fastest\" (known: round_robin)",
+                "app \"a\": strategy: unknown strategy \"fastest\" (known: p2c, round_robin)",
             ),
             (
                 r#"{"apps":[{"name":"a","ports":[1],"targets":["x:1"],"colour":"blue"}]}"#,

@@ -10,7 +10,16 @@ use super::{Fields, RawApp};
 pub mod defaults {
     use std::time::Duration;
 
-    pub const STRATEGY: &str = "round_robin";
+    /// Power of two choices: spreads uneven load nearly as well as least
+    /// connections, at O(1), without herding onto one idle target.
+    pub const STRATEGY: &str = "p2c";
+    pub const CHECK_INTERVAL: Duration = Duration::from_secs(5);
+    pub const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+    pub const RISE: u32 = 2;
+    pub const FALL: u32 = 3;
+    pub const EJECT_AFTER: u32 = 5;
+    pub const EJECT_BASE: Duration = Duration::from_secs(30);
+    pub const MAX_EJECTED_PERCENT: u32 = 50;
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
     pub const CONNECT_DEADLINE: Duration = Duration::from_secs(3);
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -22,10 +31,40 @@ pub mod defaults {
 /// above 16 MiB a few thousand connections would exhaust memory.
 const BUFFER_SIZE_RANGE: std::ops::RangeInclusive<usize> = 1024..=16 * 1024 * 1024;
 
+/// Active health checking of every target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive passes that bring a target back, and failures that take it out.
+    pub rise: u32,
+    pub fall: u32,
+    /// Optional bytes to send after connecting, and bytes the answer must contain.
+    pub send: Option<String>,
+    pub expect: Option<String>,
+}
+
+/// Passive ejection: targets failing connects are taken out for a while.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Passive {
+    /// Consecutive connect failures that eject a target (0 disables ejection).
+    pub consecutive_failures: u32,
+    /// First ejection length; the n-th ejection lasts n times this.
+    pub base_ejection: Duration,
+    /// At most this share of targets is ejected at once (at least one may be).
+    pub max_ejected_percent: u32,
+}
+
 /// A validated TCP app's routing and limits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TcpConfig {
     pub targets: Vec<Target>,
+    /// One per target.
+    pub weights: Vec<u32>,
+    pub health_check: Option<HealthCheck>,
+    pub passive: Passive,
+    /// Whether a target added by a reload takes traffic before its first check.
+    pub new_targets_healthy: bool,
     pub strategy: String,
     /// Limit for one connect attempt to one target address.
     pub connect_timeout: Duration,
@@ -50,9 +89,58 @@ impl TcpConfig {
             return Err(f.err("targets", "must list at least one target"));
         }
         let mut targets = Vec::with_capacity(raw_targets.len());
+        let mut weights = Vec::with_capacity(raw_targets.len());
         for (i, t) in raw_targets.iter().enumerate() {
-            targets.push(Target::parse(t).map_err(|e| f.err(&format!("targets[{i}]"), e))?);
+            let (addr, weight) = match t {
+                RawTarget::Plain(a) => (a, 1),
+                RawTarget::Weighted { address, weight } => (address, *weight),
+            };
+            if !(1..=10_000).contains(&weight) {
+                return Err(f.err(&format!("targets[{i}].weight"), "must be 1-10000"));
+            }
+            targets.push(Target::parse(addr).map_err(|e| f.err(&format!("targets[{i}]"), e))?);
+            weights.push(weight);
         }
+        let health_check = match raw.health_check.take() {
+            None => None,
+            Some(h) => Some(HealthCheck {
+                interval: f.duration(
+                    "health_check.interval",
+                    h.interval,
+                    defaults::CHECK_INTERVAL,
+                )?,
+                timeout: f.duration("health_check.timeout", h.timeout, defaults::CHECK_TIMEOUT)?,
+                rise: h.rise.unwrap_or(defaults::RISE).max(1),
+                fall: h.fall.unwrap_or(defaults::FALL).max(1),
+                send: h.send,
+                expect: h.expect,
+            }),
+        };
+        let passive = match raw.passive.take() {
+            None => Passive {
+                consecutive_failures: defaults::EJECT_AFTER,
+                base_ejection: defaults::EJECT_BASE,
+                max_ejected_percent: defaults::MAX_EJECTED_PERCENT,
+            },
+            Some(p) => {
+                let max = p
+                    .max_ejected_percent
+                    .unwrap_or(defaults::MAX_EJECTED_PERCENT);
+                if max > 100 {
+                    return Err(f.err("passive.max_ejected_percent", "must be 0-100"));
+                }
+                Passive {
+                    consecutive_failures: p.consecutive_failures.unwrap_or(defaults::EJECT_AFTER),
+                    base_ejection: f.duration(
+                        "passive.base_ejection",
+                        p.base_ejection,
+                        defaults::EJECT_BASE,
+                    )?,
+                    max_ejected_percent: max,
+                }
+            }
+        };
+        let new_targets_healthy = raw.new_targets_healthy.take().unwrap_or(true);
 
         let strategy = raw
             .strategy
@@ -108,6 +196,10 @@ impl TcpConfig {
         }
         Ok(TcpConfig {
             targets,
+            weights,
+            health_check,
+            passive,
+            new_targets_healthy,
             strategy,
             connect_timeout,
             connect_deadline,
@@ -116,6 +208,33 @@ impl TcpConfig {
             buffer_size,
         })
     }
+}
+
+/// A target as written: `"host:port"` or `{"address": "host:port", "weight": 3}`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(untagged)]
+pub(crate) enum RawTarget {
+    Plain(String),
+    Weighted { address: String, weight: u32 },
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHealthCheck {
+    interval: Option<String>,
+    timeout: Option<String>,
+    rise: Option<u32>,
+    fall: Option<u32>,
+    send: Option<String>,
+    expect: Option<String>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPassive {
+    consecutive_failures: Option<u32>,
+    base_ejection: Option<String>,
+    max_ejected_percent: Option<u32>,
 }
 
 /// Where a connection can be forwarded to.

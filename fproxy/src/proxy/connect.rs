@@ -33,8 +33,9 @@ pub struct Connected {
 
 /// Tries targets from the strategy's pick onwards, each resolved address in turn,
 /// every attempt bounded by the connect timeout and all of them by the deadline.
-/// One pass: when every target refused, the client is answered at once rather than
-/// held until the deadline.
+/// Targets that are down (failed health checks, ejected) are skipped, unless every
+/// target is down: then all are tried anyway (fail open). One pass: when every
+/// target refused, the client is answered at once rather than held to the deadline.
 pub async fn connect(
     route: &Route,
     resolver: &Resolver,
@@ -52,14 +53,25 @@ pub async fn connect(
     }
     let first = route.strategy.pick(&Pick {
         client,
-        targets: &cfg.targets,
+        targets: &route.states,
     }) % n;
+    let now_ms = route.now_ms();
+    let order: Vec<usize> = (0..n).map(|k| (first + k) % n).collect();
+    let mut tries: Vec<usize> = order
+        .iter()
+        .copied()
+        .filter(|&i| route.states[i].available(now_ms))
+        .collect();
+    if tries.is_empty() {
+        tracing::warn!(app = %route.app.name, "every target is down; trying them all");
+        tries = order;
+    }
     let mut retries = 0;
     let mut last = String::from("none tried");
 
-    for step in 0..n {
-        let index = (first + step) % n;
-        let target = &route.targets[index].target;
+    for index in tries {
+        let state = &route.states[index];
+        let target = &state.target;
         let Some(left) = deadline
             .checked_duration_since(Instant::now())
             .filter(|d| !d.is_zero())
@@ -87,12 +99,13 @@ pub async fn connect(
             };
             match timeout(left.min(cfg.connect_timeout), TcpStream::connect(addr)).await {
                 Ok(Ok(stream)) => {
+                    state.connect_ok();
                     return Ok(Connected {
                         stream,
                         index,
                         addr,
                         retries,
-                    })
+                    });
                 }
                 Ok(Err(e)) => last = format!("connect {target} ({addr}): {e}"),
                 Err(_) => last = format!("connect {target} ({addr}): timed out"),
@@ -100,9 +113,30 @@ pub async fn connect(
             retries += 1;
             tracing::debug!(app = %route.app.name, %client, error = %last, "connect attempt failed");
         }
+        passive_failure(route, index);
     }
     Err(ConnectError::Exhausted {
         deadline: cfg.connect_deadline,
         last,
     })
+}
+
+/// Counts a failed connect to a target and ejects it after enough in a row, for a
+/// time that grows with each ejection, while few enough targets are ejected.
+fn passive_failure(route: &Route, index: usize) {
+    let p = &route.config.passive;
+    let state = &route.states[index];
+    if p.consecutive_failures == 0 || state.connect_failed() < p.consecutive_failures {
+        return;
+    }
+    let now = route.now_ms();
+    let ejected = route.states.iter().filter(|s| s.is_ejected(now)).count();
+    let allowed = (route.states.len() * p.max_ejected_percent as usize / 100).max(1);
+    if ejected >= allowed {
+        return;
+    }
+    let n = state.ejections() + 1;
+    let length = p.base_ejection.saturating_mul(n);
+    state.eject(now + length.as_millis() as u64);
+    tracing::warn!(app = %route.app.name, target = %state.target, ejection = n, ?length, "target ejected after consecutive connect failures");
 }

@@ -7,6 +7,7 @@
 
 mod connect;
 mod copy;
+mod health;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,10 +24,10 @@ pub use connect::{connect, ConnectError, Connected};
 pub use copy::{bidirectional, Copied, End};
 
 use crate::app::{App, BoxFuture};
-use crate::config::{AppConfig, Kind, Target, TcpConfig};
+use crate::config::{AppConfig, Kind, TcpConfig};
 use crate::dns::Resolver;
 use crate::listener::{BoundSet, Handler, Listener, Listeners};
-use crate::strategy::{Registry, Strategy};
+use crate::strategy::{Registry, Strategy, TargetState};
 
 /// One routing snapshot of an app.
 pub struct Route {
@@ -36,16 +37,27 @@ pub struct Route {
     pub config: TcpConfig,
     /// One slot per configured target, in config order.
     pub targets: Vec<Arc<TargetSlot>>,
+    /// The same targets' shared state, as strategies see them.
+    pub states: Vec<Arc<TargetState>>,
     pub strategy: Arc<dyn Strategy>,
+    /// The app's clock for ejections (milliseconds since it started).
+    pub epoch: tokio::time::Instant,
 }
 
-/// A target, and the signal that closes its connections once it has been removed
-/// from the config and its drain time has passed. Slots of targets that stay in the
-/// config are carried over from one snapshot to the next.
+/// A target's state, and the signal that closes its connections once it has been
+/// removed from the config and its drain time has passed. Slots of targets that stay
+/// in the config are carried over from one snapshot to the next, and with them their
+/// health and connection counts.
 #[derive(Debug)]
 pub struct TargetSlot {
-    pub target: Target,
+    pub state: Arc<TargetState>,
     retired: CancellationToken,
+}
+
+impl Route {
+    pub fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
 }
 
 impl Route {
@@ -57,38 +69,50 @@ impl Route {
             // The daemon only hands a TCP app TCP configs.
             Kind::Spec(_) => unreachable!("a spec config reached a TCP app"),
         };
+        // A first config's targets start healthy; a reload's new ones as configured.
+        let fresh_healthy = previous.is_none() || config.new_targets_healthy;
         let targets: Vec<Arc<TargetSlot>> = config
             .targets
             .iter()
-            .map(|t| {
+            .zip(&config.weights)
+            .map(|(t, &w)| {
                 previous
-                    .and_then(|p| p.targets.iter().find(|s| s.target == *t))
+                    .and_then(|p| {
+                        p.targets
+                            .iter()
+                            .find(|s| s.state.target == *t && s.state.weight == w)
+                    })
                     .cloned()
                     .unwrap_or_else(|| {
                         Arc::new(TargetSlot {
-                            target: t.clone(),
+                            state: Arc::new(TargetState::new(t.clone(), w, fresh_healthy)),
                             retired: CancellationToken::new(),
                         })
                     })
             })
             .collect();
+        let states: Vec<Arc<TargetState>> = targets.iter().map(|s| s.state.clone()).collect();
         let strategy = match previous {
             Some(p)
-                if p.config.targets == config.targets && p.config.strategy == config.strategy =>
+                if p.config.targets == config.targets
+                    && p.config.weights == config.weights
+                    && p.config.strategy == config.strategy =>
             {
                 p.strategy.clone()
             }
             // Validation only lets registered names through; round robin is the
             // safe answer should an embedder's registry and validator disagree.
             _ => registry
-                .build(&config.strategy, &config.targets)
-                .unwrap_or_else(|| Arc::new(crate::strategy::RoundRobin::default())),
+                .build(&config.strategy, &states)
+                .unwrap_or_else(|| Arc::new(crate::strategy::RoundRobin::new(&states))),
         };
         Route {
             app,
             config,
             targets,
+            states,
             strategy,
+            epoch: previous.map_or_else(tokio::time::Instant::now, |p| p.epoch),
         }
     }
 }
@@ -108,6 +132,14 @@ pub struct TcpApp {
     shared: Arc<Shared>,
     registry: Registry,
     listeners: Listeners,
+    /// Stops the health checker.
+    checks: CancellationToken,
+}
+
+impl Drop for TcpApp {
+    fn drop(&mut self) {
+        self.checks.cancel();
+    }
 }
 
 impl TcpApp {
@@ -125,10 +157,13 @@ impl TcpApp {
             connections: TaskTracker::new(),
             force_close: CancellationToken::new(),
         });
+        let checks = CancellationToken::new();
+        tokio::spawn(health::run(shared.clone(), checks.clone()));
         let mut app = TcpApp {
             shared,
             registry,
             listeners: Listeners::default(),
+            checks,
         };
         app.start_listeners(bound);
         app
@@ -178,6 +213,7 @@ impl App for TcpApp {
     fn shutdown(mut self: Box<Self>) -> BoxFuture<'static, ()> {
         Box::pin(async move {
             self.listeners.retire_all().await;
+            self.checks.cancel();
             let config = self.config();
             crate::app::drain(
                 &config.name,
@@ -255,21 +291,21 @@ async fn serve(
     };
     let _ = target.stream.set_nodelay(true);
     let slot = route.targets[target.index].clone();
-    route.strategy.connected(target.index);
+    slot.state.opened();
     let copied = tokio::select! {
         c = bidirectional(&mut client, &mut target.stream, cfg.buffer_size, cfg.idle_timeout) => Some(c),
         _ = shared.force_close.cancelled() => None,
         _ = slot.retired.cancelled() => None,
     };
-    route.strategy.released(target.index);
+    slot.state.closed();
     match copied {
         Some(c) => tracing::debug!(
-            app = %name, client = %peer, target = %slot.target, addr = %target.addr,
+            app = %name, client = %peer, target = %slot.state.target, addr = %target.addr,
             retries = target.retries, sent = c.sent, received = c.received,
             duration = ?started.elapsed(), reason = c.end.as_str(), "connection closed"
         ),
         None => tracing::debug!(
-            app = %name, client = %peer, target = %slot.target,
+            app = %name, client = %peer, target = %slot.state.target,
             duration = ?started.elapsed(), reason = "drain_timeout", "connection closed"
         ),
     }
