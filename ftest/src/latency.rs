@@ -125,6 +125,34 @@ pub fn per_second(bytes: f64) -> String {
     format!("{v:.1} {}", UNITS[u])
 }
 
+/// The lines every load report ends with: latency percentiles, then errors by kind
+/// with the first message of each.
+pub fn write_outcome<'a>(
+    out: &mut dyn std::io::Write,
+    latency: Option<&Latency>,
+    errors: impl IntoIterator<Item = (&'static str, u64)>,
+    examples: impl IntoIterator<Item = (&'static str, &'a str)>,
+) -> std::io::Result<()> {
+    match latency {
+        Some(l) => writeln!(out, "latency ms:  {}", l.text_ms())?,
+        None => writeln!(out, "latency:     no successful request")?,
+    }
+    let kinds: Vec<String> = errors
+        .into_iter()
+        .filter(|&(_, n)| n > 0)
+        .map(|(k, n)| format!("{n} {k}"))
+        .collect();
+    if kinds.is_empty() {
+        writeln!(out, "errors:      none")?;
+    } else {
+        writeln!(out, "errors:      {}", kinds.join(", "))?;
+        for (k, m) in examples {
+            writeln!(out, "  first {k}: {m}")?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use crate::exchange::{self, TryError};
 use crate::http::{self, Conn};
-use crate::latency::{per_second, Latency, Recorder};
+use crate::latency::{per_second, write_outcome, Latency, Recorder};
 use crate::net;
 
 /// When a run ends.
@@ -469,25 +469,14 @@ impl HttpReport {
             per_second(self.bytes_per_s)
         )?;
         writeln!(out, "connections: {} opened", self.connections)?;
-        match &self.latency_us {
-            Some(l) => writeln!(out, "latency ms:  {}", l.text_ms())?,
-            None => writeln!(out, "latency:     no successful request")?,
-        }
-        let kinds: Vec<String> = self
-            .errors
-            .iter()
-            .filter(|(_, &n)| n > 0)
-            .map(|(k, n)| format!("{n} {}", k.as_str()))
-            .collect();
-        if kinds.is_empty() {
-            writeln!(out, "errors:      none")?;
-        } else {
-            writeln!(out, "errors:      {}", kinds.join(", "))?;
-            for (k, m) in &self.error_examples {
-                writeln!(out, "  first {}: {m}", k.as_str())?;
-            }
-        }
-        Ok(())
+        write_outcome(
+            out,
+            self.latency_us.as_ref(),
+            self.errors.iter().map(|(k, &n)| (k.as_str(), n)),
+            self.error_examples
+                .iter()
+                .map(|(k, m)| (k.as_str(), m.as_str())),
+        )
     }
 
     /// Ok when every request succeeded and the run was not interrupted.
