@@ -13,43 +13,30 @@ use tokio::net::TcpStream;
 
 const BIN: &str = env!("CARGO_BIN_EXE_fproxy");
 
-#[test]
-fn check_summarises_a_valid_config() {
+/// Runs `fproxy check` on `config`; asserts it succeeds and prints `line`.
+fn check_prints(config: &str, line: &str) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.json");
-    std::fs::write(
-        &path,
-        r#"{"Apps":[{"Name":"five-thousand","Ports":[5001,5200],"Targets":["tcp-echo.fly.dev:5001"]}]}"#,
-    )
-    .unwrap();
+    std::fs::write(&path, config).unwrap();
     let out = Command::new(BIN).arg("check").arg(&path).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
-    assert!(
-        stdout.contains(
-            "five-thousand: tcp listen 0.0.0.0:5001,0.0.0.0:5200 -> tcp-echo.fly.dev:5001"
-        ),
-        "{stdout}"
+    assert!(stdout.contains(line), "{stdout}");
+}
+
+#[test]
+fn check_summarises_a_valid_config() {
+    check_prints(
+        r#"{"Apps":[{"Name":"five-thousand","Ports":[5001,5200],"Targets":["tcp-echo.fly.dev:5001"]}]}"#,
+        "five-thousand: tcp listen 0.0.0.0:5001,0.0.0.0:5200 -> tcp-echo.fly.dev:5001",
     );
 }
 
 #[test]
 fn check_summarises_a_spec_app() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("c.json");
-    std::fs::write(
-        &path,
+    check_prints(
         r#"{"apps":[{"name":"statsig","kind":"spec","ports":[8000],"poll_interval":"5s"}]}"#,
-    )
-    .unwrap();
-    let out = Command::new(BIN).arg("check").arg(&path).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}");
-    assert!(
-        stdout.contains(
-            "statsig: spec http 0.0.0.0:8000 grpc - <- https://api.statsigcdn.com every 5s"
-        ),
-        "{stdout}"
+        "statsig: spec http 0.0.0.0:8000 grpc - <- https://api.statsigcdn.com every 5s",
     );
 }
 
