@@ -56,16 +56,14 @@ pub async fn connect(
         targets: &route.states,
     }) % n;
     let now_ms = route.now_ms();
-    let order: Vec<usize> = (0..n).map(|k| (first + k) % n).collect();
-    let mut tries: Vec<usize> = order
-        .iter()
-        .copied()
-        .filter(|&i| route.states[i].available(now_ms))
-        .collect();
-    if tries.is_empty() {
+    // Fail open: when every target is down, all are tried anyway.
+    let any_up = route.states.iter().any(|s| s.available(now_ms));
+    if !any_up {
         tracing::warn!(app = %route.app.name, "every target is down; trying them all");
-        tries = order;
     }
+    let tries = (0..n)
+        .map(|k| (first + k) % n)
+        .filter(|&i| !any_up || route.states[i].available(now_ms));
     let mut retries = 0;
     let mut last = String::from("none tried");
 
