@@ -92,6 +92,24 @@ pub enum Length {
     Requests(u64),
 }
 
+impl Length {
+    /// The planned duration in seconds, for reports (`None` for a request count).
+    pub fn duration_s(self) -> Option<f64> {
+        match self {
+            Length::Duration(d) => Some(d.as_secs_f64()),
+            Length::Requests(_) => None,
+        }
+    }
+
+    /// The planned request count, for reports (`None` for a duration).
+    pub fn requests(self) -> Option<u64> {
+        match self {
+            Length::Requests(n) => Some(n),
+            Length::Duration(_) => None,
+        }
+    }
+}
+
 /// A validated load plan.
 #[derive(Debug, Clone)]
 pub struct Plan {

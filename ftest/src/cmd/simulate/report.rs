@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::worker::{Errors, Outcome};
-use super::{Length, Plan, Shared};
+use super::{Plan, Shared};
 use crate::exchange::Failure;
 use crate::latency::{per_second, write_outcome, Latency};
 
@@ -76,14 +76,8 @@ impl Report {
                 "keep-alive"
             },
             rate: plan.rate,
-            duration_s: match plan.length {
-                Length::Duration(d) => Some(d.as_secs_f64()),
-                Length::Requests(_) => None,
-            },
-            requests_planned: match plan.length {
-                Length::Requests(n) => Some(n),
-                Length::Duration(_) => None,
-            },
+            duration_s: plan.length.duration_s(),
+            requests_planned: plan.length.requests(),
             elapsed_s: elapsed.as_secs_f64(),
             requests: ok + failed,
             ok,

@@ -23,12 +23,8 @@ use crate::http::{self, Conn};
 use crate::latency::{per_second, write_outcome, Latency, Recorder};
 use crate::net;
 
-/// When a run ends.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Length {
-    Duration(Duration),
-    Requests(u64),
-}
+// When a run ends: the same notion as `simulate`'s.
+pub use crate::cmd::simulate::Length;
 
 /// A validated HTTP load.
 #[derive(Debug, Clone)]
@@ -403,14 +399,8 @@ fn report(
         path: masked_path(plan),
         concurrency: plan.concurrency,
         gzip: plan.gzip,
-        duration_s: match plan.length {
-            Length::Duration(d) => Some(d.as_secs_f64()),
-            Length::Requests(_) => None,
-        },
-        requests_planned: match plan.length {
-            Length::Requests(n) => Some(n),
-            Length::Duration(_) => None,
-        },
+        duration_s: plan.length.duration_s(),
+        requests_planned: plan.length.requests(),
         elapsed_s: elapsed.as_secs_f64(),
         requests: ok + failed,
         ok,
