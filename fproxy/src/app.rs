@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin::status::AppStatus;
 use crate::config::AppConfig;
 use crate::listener::{BoundSet, Listener};
 
@@ -27,6 +28,9 @@ pub trait App: Send + 'static {
 
     /// Connections (or streams) currently open.
     fn active_connections(&self) -> usize;
+
+    /// What it is doing now, for `/status` and `/ready`.
+    fn status(&self) -> AppStatus;
 
     /// Applies a new config of the same kind without dropping anything open. `added`
     /// holds sockets, already bound, for addresses the app gains. Returns the

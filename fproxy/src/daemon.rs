@@ -25,6 +25,7 @@ use crate::app::App;
 use crate::config::{AppConfig, Config, Kind, Validator};
 use crate::dns::Resolver;
 use crate::listener::{Bound, BoundSet};
+use crate::metrics::Metrics;
 use crate::proxy::TcpApp;
 use crate::spec::SpecApp;
 use crate::strategy::Registry;
@@ -68,6 +69,7 @@ pub struct Applied {
 pub struct Daemon {
     registry: Registry,
     resolver: Resolver,
+    metrics: Arc<Metrics>,
     apps: BTreeMap<String, Box<dyn App>>,
     version: u64,
     events: broadcast::Sender<Event>,
@@ -80,6 +82,7 @@ impl Daemon {
         Daemon {
             registry,
             resolver: Resolver::from_system(),
+            metrics: Arc::new(Metrics::new()),
             apps: BTreeMap::new(),
             version: 0,
             events: broadcast::channel(64).0,
@@ -90,6 +93,11 @@ impl Daemon {
     /// A validator that knows this daemon's strategies.
     pub fn validator(&self) -> Validator {
         Validator::new(self.registry.names())
+    }
+
+    /// The daemon's metrics (what the admin API serves at `/metrics`).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
     }
 
     /// Rollout events from now on.
@@ -210,8 +218,9 @@ impl Daemon {
                 bound,
                 self.registry.clone(),
                 self.resolver.clone(),
+                self.metrics.clone(),
             )),
-            Kind::Spec(_) => Box::new(SpecApp::start(app, bound)),
+            Kind::Spec(_) => Box::new(SpecApp::start(app, bound, self.metrics.clone())),
         }
     }
 

@@ -10,11 +10,13 @@
 //! [`daemon::Daemon::validator`], and [`daemon::Daemon::run`] it. See
 //! `examples/embed.rs`.
 
+pub mod admin;
 pub mod app;
 pub mod config;
 pub mod daemon;
 pub mod dns;
 pub mod listener;
+pub mod metrics;
 pub mod proxy;
 pub mod spec;
 pub mod strategy;

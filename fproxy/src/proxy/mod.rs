@@ -23,10 +23,12 @@ use tokio_util::task::TaskTracker;
 pub use connect::{connect, ConnectError, Connected};
 pub use copy::{bidirectional, Copied, End};
 
+use crate::admin::status::{AppStatus, EndpointStatus, TcpStatus};
 use crate::app::{App, BoxFuture};
 use crate::config::{AppConfig, Kind, TcpConfig};
 use crate::dns::Resolver;
 use crate::listener::{BoundSet, Handler, Listener, Listeners};
+use crate::metrics::Metrics;
 use crate::strategy::{Registry, Strategy, TargetState};
 
 /// One routing snapshot of an app.
@@ -121,6 +123,7 @@ impl Route {
 struct Shared {
     route: ArcSwap<Route>,
     resolver: Resolver,
+    metrics: Arc<Metrics>,
     active: AtomicUsize,
     connections: TaskTracker,
     /// Fired when a removed app's drain timeout ends: remaining connections close.
@@ -149,10 +152,12 @@ impl TcpApp {
         bound: BoundSet,
         registry: Registry,
         resolver: Resolver,
+        metrics: Arc<Metrics>,
     ) -> TcpApp {
         let shared = Arc::new(Shared {
             route: ArcSwap::from_pointee(Route::build(config, &registry, None)),
             resolver,
+            metrics,
             active: AtomicUsize::new(0),
             connections: TaskTracker::new(),
             force_close: CancellationToken::new(),
@@ -189,6 +194,46 @@ impl App for TcpApp {
         self.shared.active.load(Ordering::Relaxed)
     }
 
+    fn status(&self) -> AppStatus {
+        let route = self.shared.route.load_full();
+        let now = route.now_ms();
+        let endpoints: Vec<EndpointStatus> = route
+            .states
+            .iter()
+            .map(|s| EndpointStatus {
+                target: s.target.to_string(),
+                address: match &s.target {
+                    crate::config::Target::Addr(a) => Some(*a),
+                    crate::config::Target::Name { .. } => None,
+                },
+                weight: s.weight,
+                healthy: s.is_healthy(),
+                ejected: s.is_ejected(now),
+                ejections: s.ejections(),
+                connections: s.active(),
+            })
+            .collect();
+        let mut problems = Vec::new();
+        if !endpoints.iter().any(|e| e.healthy && !e.ejected) {
+            problems.push("every target is down (failing open: all are tried)".to_string());
+        }
+        AppStatus {
+            name: route.app.name.clone(),
+            kind: "tcp".into(),
+            listeners: self.listeners.local_addrs(),
+            connections: self.active_connections(),
+            // Its listeners accept; a TCP app with every target down still fails
+            // open, so it stays ready and reports the problem.
+            ready: true,
+            problems,
+            tcp: Some(TcpStatus {
+                strategy: route.config.strategy.clone(),
+                endpoints,
+            }),
+            spec: None,
+        }
+    }
+
     fn update(&mut self, config: Arc<AppConfig>, added: BoundSet) -> Vec<Listener> {
         let old = self.shared.route.load_full();
         let route = Route::build(config.clone(), &self.registry, Some(&old));
@@ -222,6 +267,8 @@ impl App for TcpApp {
                 &self.shared.force_close,
             )
             .await;
+            // Its series go with it; a re-added app starts from zero.
+            self.shared.metrics.tcp.remove_app(&config.name);
         })
     }
 }

@@ -26,9 +26,11 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin::status::{AppStatus, KeyStatus, SpecStatus};
 use crate::app::{App, BoxFuture};
 use crate::config::{AppConfig, Cache, Kind, SpecConfig};
 use crate::listener::{BoundSet, Handler, Listener, Listeners};
+use crate::metrics::Metrics;
 use store::{Api, Entry, Key, Lookup, Spec, Store, Upstream as State};
 use upstream::Upstream;
 
@@ -99,6 +101,7 @@ pub(crate) struct Shared {
     app: ArcSwap<AppConfig>,
     pub settings: ArcSwap<Settings>,
     pub store: Store,
+    pub metrics: Arc<Metrics>,
     connections: TaskTracker,
     active: AtomicUsize,
     /// Open gRPC streams (capped by `max_streams`).
@@ -133,12 +136,13 @@ pub struct SpecApp {
 }
 
 impl SpecApp {
-    pub fn start(app: Arc<AppConfig>, bound: BoundSet) -> SpecApp {
+    pub fn start(app: Arc<AppConfig>, bound: BoundSet, metrics: Arc<Metrics>) -> SpecApp {
         let settings = Settings::new(spec_config(&app), None);
         let shared = Arc::new(Shared {
             app: ArcSwap::new(app),
             settings: ArcSwap::from_pointee(settings),
             store: Store::default(),
+            metrics,
             connections: TaskTracker::new(),
             active: AtomicUsize::new(0),
             streams: AtomicUsize::new(0),
@@ -210,6 +214,40 @@ impl App for SpecApp {
         self.shared.active.load(Ordering::Relaxed)
     }
 
+    fn status(&self) -> AppStatus {
+        let r = readiness(&self.shared, true);
+        let problems = r.keys.iter().filter_map(|k| k.problem.clone()).collect();
+        AppStatus {
+            name: self.shared.name(),
+            kind: "spec".into(),
+            listeners: self.listeners.local_addrs(),
+            connections: self.active_connections(),
+            ready: r.ready,
+            problems,
+            tcp: None,
+            spec: Some(SpecStatus {
+                cache: r.cache.backend.into(),
+                cache_connected: r.cache.connected,
+                leader: r.cache.leader,
+                cache_error: r.cache.error,
+                streams: self.shared.streams.load(Ordering::Relaxed),
+                keys: r
+                    .keys
+                    .into_iter()
+                    .map(|k| KeyStatus {
+                        key: k.key,
+                        warm: k.warm,
+                        lcut: k.lcut,
+                        age_ms: k.age_ms,
+                        upstream: k.upstream,
+                        streams: 0,
+                        problem: k.problem,
+                    })
+                    .collect(),
+            }),
+        }
+    }
+
     fn update(&mut self, config: Arc<AppConfig>, added: BoundSet) -> Vec<Listener> {
         let old = self.shared.settings.load_full();
         let settings = Settings::new(spec_config(&config), Some(&old));
@@ -245,6 +283,8 @@ impl App for SpecApp {
                 &shared.force_close,
             )
             .await;
+            // Its series go with it; a re-added app starts from zero.
+            shared.metrics.spec.remove_app(&shared.name());
         })
     }
 }
