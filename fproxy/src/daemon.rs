@@ -79,15 +79,23 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn new(registry: Registry) -> Self {
+        let metrics = Arc::new(Metrics::new());
         Daemon {
             registry,
-            resolver: Resolver::from_system(),
-            metrics: Arc::new(Metrics::new()),
+            resolver: Resolver::from_system().count_lookups(metrics.daemon.dns_lookups.clone()),
+            metrics,
             apps: BTreeMap::new(),
             version: 0,
             events: broadcast::channel(64).0,
             draining: JoinSet::new(),
         }
+    }
+
+    /// Resolves target names with `resolver` instead of the system's configuration.
+    /// Call before the first config is applied.
+    pub fn with_resolver(mut self, resolver: Resolver) -> Self {
+        self.resolver = resolver.count_lookups(self.metrics.daemon.dns_lookups.clone());
+        self
     }
 
     /// A validator that knows this daemon's strategies.

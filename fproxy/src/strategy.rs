@@ -18,10 +18,14 @@ use std::sync::{Arc, Mutex};
 
 use crate::config::Target;
 
-/// A target and what is known about it now.
+/// An endpoint (a target, or one address a target name resolved to) and what is
+/// known about it now.
 #[derive(Debug)]
 pub struct TargetState {
     pub target: Target,
+    /// The address to connect to: the target's own for an IP target, one resolved
+    /// address for a name, `None` for a name not resolved yet (connecting resolves it).
+    pub addr: Option<SocketAddr>,
     /// Relative share of connections (1 when not configured).
     pub weight: u32,
     /// Connections open to it (through any routing snapshot).
@@ -39,8 +43,23 @@ pub struct TargetState {
 
 impl TargetState {
     pub fn new(target: Target, weight: u32, healthy: bool) -> TargetState {
+        let addr = match &target {
+            Target::Addr(a) => Some(*a),
+            Target::Name { .. } => None,
+        };
+        TargetState::endpoint(target, addr, weight, healthy)
+    }
+
+    /// One endpoint of `target` at `addr`.
+    pub fn endpoint(
+        target: Target,
+        addr: Option<SocketAddr>,
+        weight: u32,
+        healthy: bool,
+    ) -> TargetState {
         TargetState {
             target,
+            addr,
             weight: weight.max(1),
             active: AtomicUsize::new(0),
             healthy: AtomicBool::new(healthy),
@@ -48,6 +67,16 @@ impl TargetState {
             ejected_until_ms: AtomicU64::new(0),
             ejections: AtomicU32::new(0),
             streak: Mutex::new((healthy, 0)),
+        }
+    }
+
+    /// A stable name for the endpoint: the target as configured, plus the resolved
+    /// address for a name (`db.internal:5432@10.0.0.7:5432`). Hashing strategies
+    /// key on it so every instance agrees.
+    pub fn key(&self) -> String {
+        match (&self.target, self.addr) {
+            (Target::Name { .. }, Some(a)) => format!("{}@{a}", self.target),
+            _ => self.target.to_string(),
         }
     }
 
@@ -61,6 +90,26 @@ impl TargetState {
 
     pub(crate) fn set_healthy(&self, up: bool) -> bool {
         self.healthy.swap(up, Ordering::Relaxed) != up
+    }
+
+    /// Records one active check result; `rise` passes in a row bring the endpoint
+    /// up, `fall` failures take it down. Returns the new verdict when it changed.
+    pub(crate) fn record_check(&self, ok: bool, rise: u32, fall: u32) -> Option<bool> {
+        let streak = {
+            let mut s = self.streak.lock().unwrap_or_else(|e| e.into_inner());
+            if s.0 == ok {
+                s.1 = s.1.saturating_add(1);
+            } else {
+                *s = (ok, 1);
+            }
+            s.1
+        };
+        let healthy = self.is_healthy();
+        if (ok && !healthy && streak >= rise) || (!ok && healthy && streak >= fall) {
+            self.set_healthy(ok);
+            return Some(ok);
+        }
+        None
     }
 
     /// Whether new connections should go here at `now_ms`.
@@ -320,7 +369,7 @@ impl Maglev {
         let prefs: Vec<(u64, u64)> = targets
             .iter()
             .map(|t| {
-                let name = t.target.to_string();
+                let name = t.key();
                 let offset = fnv1a(name.as_bytes(), 0xcbf2_9ce4_8422_2325) % m;
                 let skip = fnv1a(name.as_bytes(), 0x8422_2325_cbf2_9ce4) % (m - 1) + 1;
                 (offset, skip)

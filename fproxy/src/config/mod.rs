@@ -401,6 +401,8 @@ pub(crate) struct RawApp {
     pub(crate) passive: Option<tcp::RawPassive>,
     #[serde(default)]
     pub(crate) new_targets_healthy: Option<bool>,
+    #[serde(default)]
+    pub(crate) dns: Option<tcp::RawDns>,
     #[serde(default, alias = "Strategy")]
     pub(crate) strategy: Option<String>,
     #[serde(default)]
@@ -460,6 +462,7 @@ impl RawApp {
             ("health_check", self.health_check.is_some()),
             ("passive", self.passive.is_some()),
             ("new_targets_healthy", self.new_targets_healthy.is_some()),
+            ("dns", self.dns.is_some()),
             ("grpc_listen", !self.grpc_listen.is_empty()),
             ("grpc_ports", !self.grpc_ports.is_empty()),
             ("upstream", self.upstream.is_some()),

@@ -25,6 +25,11 @@ pub mod defaults {
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
     pub const MAX_CONNECTIONS: usize = 10_000;
     pub const BUFFER_SIZE: usize = 64 * 1024;
+    /// Target names are looked up again when their TTL runs out, but no sooner
+    /// than this (a TTL of 0 would otherwise mean a lookup per loop) ...
+    pub const DNS_MIN_TTL: Duration = Duration::from_secs(5);
+    /// ... and no later than this, so a huge TTL cannot pin a stale address.
+    pub const DNS_MAX_TTL: Duration = Duration::from_secs(300);
 }
 
 /// Smallest and largest accepted copy buffer: below 1 KiB a copy is all syscalls,
@@ -55,6 +60,15 @@ pub struct Passive {
     pub max_ejected_percent: u32,
 }
 
+/// How often target names are resolved again in the background.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsRefresh {
+    /// The record's TTL is raised to at least this ...
+    pub min_ttl: Duration,
+    /// ... and lowered to at most this.
+    pub max_ttl: Duration,
+}
+
 /// A validated TCP app's routing and limits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TcpConfig {
@@ -65,6 +79,7 @@ pub struct TcpConfig {
     pub passive: Passive,
     /// Whether a target added by a reload takes traffic before its first check.
     pub new_targets_healthy: bool,
+    pub dns: DnsRefresh,
     pub strategy: String,
     /// Limit for one connect attempt to one target address.
     pub connect_timeout: Duration,
@@ -141,6 +156,14 @@ impl TcpConfig {
             }
         };
         let new_targets_healthy = raw.new_targets_healthy.take().unwrap_or(true);
+        let raw_dns = raw.dns.take().unwrap_or_default();
+        let dns = DnsRefresh {
+            min_ttl: f.duration("dns.min_ttl", raw_dns.min_ttl, defaults::DNS_MIN_TTL)?,
+            max_ttl: f.duration("dns.max_ttl", raw_dns.max_ttl, defaults::DNS_MAX_TTL)?,
+        };
+        if dns.max_ttl < dns.min_ttl {
+            return Err(f.err("dns.max_ttl", "must be at least dns.min_ttl"));
+        }
 
         let strategy = raw
             .strategy
@@ -200,6 +223,7 @@ impl TcpConfig {
             health_check,
             passive,
             new_targets_healthy,
+            dns,
             strategy,
             connect_timeout,
             connect_deadline,
@@ -229,6 +253,13 @@ pub(crate) struct RawHealthCheck {
     expect: Option<String>,
 }
 
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDns {
+    min_ttl: Option<String>,
+    max_ttl: Option<String>,
+}
+
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawPassive {
@@ -242,7 +273,8 @@ pub(crate) struct RawPassive {
 pub enum Target {
     /// An IP literal: no resolution needed.
     Addr(SocketAddr),
-    /// A DNS name, resolved when a connection needs it (cached for the record's TTL).
+    /// A DNS name, resolved in the background and again when its TTL runs out;
+    /// each address it resolves to is an endpoint of its own.
     Name { host: String, port: u16 },
 }
 

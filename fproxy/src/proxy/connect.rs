@@ -68,7 +68,8 @@ pub async fn connect(
     let mut last = String::from("none tried");
 
     for index in tries {
-        let state = &route.states[index];
+        let slot = &route.targets[index];
+        let state = &slot.state;
         let target = &state.target;
         let Some(left) = deadline
             .checked_duration_since(Instant::now())
@@ -76,17 +77,24 @@ pub async fn connect(
         else {
             break;
         };
-        let addrs = match timeout(left, resolver.resolve(target)).await {
-            Ok(Ok(a)) => a,
-            Ok(Err(e)) => {
-                last = e.to_string();
-                retries += 1;
-                continue;
-            }
-            Err(_) => {
-                last = format!("resolve {target}: timed out");
-                break;
-            }
+        // A resolved endpoint has its address; a name discovery has not answered
+        // yet is resolved here.
+        let addrs = match state.addr {
+            Some(a) => vec![a],
+            None => match timeout(left, resolver.resolve(target)).await {
+                Ok(Ok(a)) => a,
+                Ok(Err(e)) => {
+                    last = e.to_string();
+                    slot.traffic.resolve.inc();
+                    retries += 1;
+                    continue;
+                }
+                Err(_) => {
+                    last = format!("resolve {target}: timed out");
+                    slot.traffic.resolve.inc();
+                    break;
+                }
+            },
         };
         for addr in addrs {
             let Some(left) = deadline
@@ -95,8 +103,13 @@ pub async fn connect(
             else {
                 break;
             };
+            slot.traffic.attempts.inc();
+            let attempt = Instant::now();
             match timeout(left.min(cfg.connect_timeout), TcpStream::connect(addr)).await {
                 Ok(Ok(stream)) => {
+                    slot.traffic
+                        .connect_duration
+                        .observe(attempt.elapsed().as_secs_f64());
                     state.connect_ok();
                     return Ok(Connected {
                         stream,
@@ -105,8 +118,14 @@ pub async fn connect(
                         retries,
                     });
                 }
-                Ok(Err(e)) => last = format!("connect {target} ({addr}): {e}"),
-                Err(_) => last = format!("connect {target} ({addr}): timed out"),
+                Ok(Err(e)) => {
+                    slot.traffic.refused.inc();
+                    last = format!("connect {target} ({addr}): {e}");
+                }
+                Err(_) => {
+                    slot.traffic.timeout.inc();
+                    last = format!("connect {target} ({addr}): timed out");
+                }
             }
             retries += 1;
             tracing::debug!(app = %route.app.name, %client, error = %last, "connect attempt failed");
@@ -136,5 +155,8 @@ fn passive_failure(route: &Route, index: usize) {
     let n = state.ejections() + 1;
     let length = p.base_ejection.saturating_mul(n);
     state.eject(now + length.as_millis() as u64);
-    tracing::warn!(app = %route.app.name, target = %state.target, ejection = n, ?length, "target ejected after consecutive connect failures");
+    let health = &route.targets[index].health;
+    health.ejections.inc();
+    health.ejected.set(1);
+    tracing::warn!(app = %route.app.name, target = %state.target, addr = ?state.addr, ejection = n, ?length, "target ejected after consecutive connect failures");
 }

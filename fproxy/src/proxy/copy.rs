@@ -8,6 +8,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -70,12 +71,15 @@ impl Activity {
     }
 }
 
-/// Copies until both directions are closed, an error, or idleness.
+/// Copies until both directions are closed, an error, or idleness. `meters`, when
+/// given, count bytes client-to-target and target-to-client as they move, so long
+/// connections show up in metrics before they end.
 pub async fn bidirectional(
     client: &mut TcpStream,
     target: &mut TcpStream,
     buffer_size: usize,
     idle: Duration,
+    meters: Option<(&Counter, &Counter)>,
 ) -> Copied {
     let activity = Activity {
         start: Instant::now(),
@@ -86,8 +90,23 @@ pub async fn bidirectional(
     let mut sent = 0u64;
     let mut received = 0u64;
 
-    let up = one_way(&mut cr, &mut tw, buffer_size, &activity, &mut sent);
-    let down = one_way(&mut tr, &mut cw, buffer_size, &activity, &mut received);
+    let (up_meter, down_meter) = meters.unzip();
+    let up = one_way(
+        &mut cr,
+        &mut tw,
+        buffer_size,
+        &activity,
+        &mut sent,
+        up_meter,
+    );
+    let down = one_way(
+        &mut tr,
+        &mut cw,
+        buffer_size,
+        &activity,
+        &mut received,
+        down_meter,
+    );
     let both = async {
         tokio::pin!(up, down);
         let (mut up_done, mut down_done) = (false, false);
@@ -131,6 +150,7 @@ async fn one_way<R, W>(
     buffer_size: usize,
     activity: &Activity,
     total: &mut u64,
+    meter: Option<&Counter>,
 ) -> Result<(), Side>
 where
     R: AsyncRead + Unpin,
@@ -150,5 +170,8 @@ where
         activity.touch();
         writer.write_all(&buf).await.map_err(|_| Side::Write)?;
         *total += n as u64;
+        if let Some(m) = meter {
+            m.inc_by(n as u64);
+        }
     }
 }

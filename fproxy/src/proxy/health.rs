@@ -1,9 +1,10 @@
-//! Active health checks: every interval, each target of the app is connected to
+//! Active health checks: every interval, each endpoint of the app is connected to
 //! (and, when configured, sent a probe whose answer must contain an expected
-//! string). `rise` passes in a row bring a target back, `fall` failures take it out.
-//! Checks run in their own task, off the request path: choosing a target only reads
-//! the verdict.
+//! string). `rise` passes in a row bring an endpoint back, `fall` failures take it
+//! out. Checks run in their own task, off the request path: choosing a target only
+//! reads the verdict.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -11,10 +12,9 @@ use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::Shared;
+use super::{Route, Shared, TargetSlot};
 use crate::config::tcp::{defaults, HealthCheck};
 use crate::dns::Resolver;
-use crate::strategy::TargetState;
 
 /// Most bytes of a probe answer read while looking for `expect`.
 const MAX_ANSWER: usize = 4096;
@@ -25,18 +25,20 @@ pub(super) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
         let interval = match &route.config.health_check {
             None => {
                 // Checks off (perhaps by a reload): nothing may stay marked down.
-                for s in &route.states {
-                    s.set_healthy(true);
+                for slot in &route.targets {
+                    if slot.state.set_healthy(true) {
+                        slot.health.healthy.set(1);
+                    }
                 }
                 defaults::CHECK_INTERVAL
             }
             Some(hc) => {
                 let mut checks = JoinSet::new();
-                for state in &route.states {
-                    let state = state.clone();
+                for slot in &route.targets {
+                    let slot = slot.clone();
                     let (hc, resolver, app) =
                         (hc.clone(), shared.resolver.clone(), route.app.name.clone());
-                    checks.spawn(async move { check(&app, &state, &hc, &resolver).await });
+                    checks.spawn(async move { check(&app, &slot, &hc, &resolver).await });
                 }
                 tokio::select! {
                     _ = stop.cancelled() => return,
@@ -45,6 +47,7 @@ pub(super) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
                 hc.interval
             }
         };
+        refresh_ejections(&route);
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
@@ -52,32 +55,50 @@ pub(super) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     }
 }
 
-async fn check(app: &str, state: &TargetState, hc: &HealthCheck, resolver: &Resolver) {
-    let ok = tokio::time::timeout(hc.timeout, probe(state, hc, resolver))
-        .await
-        .unwrap_or(false);
-    let streak = {
-        let mut s = state.streak.lock().unwrap_or_else(|e| e.into_inner());
-        if s.0 == ok {
-            s.1 += 1;
-        } else {
-            *s = (ok, 1);
-        }
-        s.1
-    };
-    let healthy = state.is_healthy();
-    if ok && !healthy && streak >= hc.rise {
-        state.set_healthy(true);
-        tracing::info!(app, target = %state.target, "health check: target up");
-    } else if !ok && healthy && streak >= hc.fall {
-        state.set_healthy(false);
-        tracing::warn!(app, target = %state.target, "health check: target down");
+/// Ejections end by time alone, with no event; the gauge follows at each round.
+fn refresh_ejections(route: &Route) {
+    let now = route.now_ms();
+    for slot in &route.targets {
+        slot.health
+            .ejected
+            .set(i64::from(slot.state.is_ejected(now)));
     }
 }
 
-async fn probe(state: &TargetState, hc: &HealthCheck, resolver: &Resolver) -> bool {
-    let Ok(addrs) = resolver.resolve(&state.target).await else {
-        return false;
+async fn check(app: &str, slot: &TargetSlot, hc: &HealthCheck, resolver: &Resolver) {
+    let state = &slot.state;
+    let ok = tokio::time::timeout(hc.timeout, probe(state.addr, &state.target, hc, resolver))
+        .await
+        .unwrap_or(false);
+    match state.record_check(ok, hc.rise, hc.fall) {
+        Some(true) => {
+            slot.health.healthy.set(1);
+            slot.health.up.inc();
+            tracing::info!(app, target = %state.target, addr = ?state.addr, "health check: target up");
+        }
+        Some(false) => {
+            slot.health.healthy.set(0);
+            slot.health.down.inc();
+            tracing::warn!(app, target = %state.target, addr = ?state.addr, "health check: target down");
+        }
+        None => {}
+    }
+}
+
+/// Checks the endpoint's own address, or every address of a name not resolved by
+/// discovery yet.
+async fn probe(
+    addr: Option<SocketAddr>,
+    target: &crate::config::Target,
+    hc: &HealthCheck,
+    resolver: &Resolver,
+) -> bool {
+    let addrs = match addr {
+        Some(a) => vec![a],
+        None => match resolver.resolve(target).await {
+            Ok(a) => a,
+            Err(_) => return false,
+        },
     };
     for addr in addrs {
         let Ok(mut s) = TcpStream::connect(addr).await else {

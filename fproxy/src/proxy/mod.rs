@@ -7,11 +7,13 @@
 
 mod connect;
 mod copy;
+mod discover;
 mod health;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -19,17 +21,23 @@ use socket2::SockRef;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 pub use connect::{connect, ConnectError, Connected};
 pub use copy::{bidirectional, Copied, End};
 
 use crate::admin::status::{AppStatus, EndpointStatus, TcpStatus};
 use crate::app::{App, BoxFuture};
-use crate::config::{AppConfig, Kind, TcpConfig};
+use crate::config::{AppConfig, Kind, Target, TcpConfig};
 use crate::dns::Resolver;
 use crate::listener::{BoundSet, Handler, Listener, Listeners};
+use crate::metrics::tcp::{AppHandles, EndpointHandles, TargetHandles};
 use crate::metrics::Metrics;
 use crate::strategy::{Registry, Strategy, TargetState};
+
+/// The addresses each target name resolved to, as background discovery last saw
+/// them. Names missing here are resolved when a connection needs them.
+pub(crate) type Resolved = HashMap<Target, Vec<SocketAddr>>;
 
 /// One routing snapshot of an app.
 pub struct Route {
@@ -37,71 +45,111 @@ pub struct Route {
     pub app: Arc<AppConfig>,
     /// Its TCP settings.
     pub config: TcpConfig,
-    /// One slot per configured target, in config order.
+    /// One slot per endpoint, in config order: an IP target is one endpoint, a
+    /// target name one per address it resolved to (or one unresolved endpoint
+    /// until discovery has an answer).
     pub targets: Vec<Arc<TargetSlot>>,
-    /// The same targets' shared state, as strategies see them.
+    /// The same endpoints' shared state, as strategies see them.
     pub states: Vec<Arc<TargetState>>,
     pub strategy: Arc<dyn Strategy>,
     /// The app's clock for ejections (milliseconds since it started).
     pub epoch: tokio::time::Instant,
 }
 
-/// A target's state, and the signal that closes its connections once it has been
-/// removed from the config and its drain time has passed. Slots of targets that stay
-/// in the config are carried over from one snapshot to the next, and with them their
-/// health and connection counts.
+/// An endpoint's state, its metric handles, and the signal that closes its
+/// connections once its target has been removed from the config and the drain
+/// time has passed. Slots of endpoints that stay are carried over from one
+/// snapshot to the next, and with them their health and connection counts.
 #[derive(Debug)]
 pub struct TargetSlot {
     pub state: Arc<TargetState>,
     retired: CancellationToken,
+    /// Traffic series of the configured target (shared by its endpoints).
+    pub(crate) traffic: TargetHandles,
+    /// Health series of this endpoint.
+    pub(crate) health: EndpointHandles,
+}
+
+impl TargetSlot {
+    /// The `address` label of the endpoint's health series.
+    fn address_label(addr: Option<SocketAddr>) -> String {
+        addr.map_or_else(|| "unresolved".into(), |a| a.to_string())
+    }
 }
 
 impl Route {
     pub fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }
-}
 
-impl Route {
-    /// Builds a snapshot, reusing `previous`'s slots (and its strategy, when neither
-    /// the targets nor the strategy changed, so round robin keeps its place).
-    fn build(app: Arc<AppConfig>, registry: &Registry, previous: Option<&Route>) -> Route {
+    /// Builds a snapshot, reusing `previous`'s slots (and its strategy, when the
+    /// endpoints and the strategy are unchanged, so round robin keeps its place).
+    fn build(
+        app: Arc<AppConfig>,
+        registry: &Registry,
+        previous: Option<&Route>,
+        resolved: &Resolved,
+        metrics: &Metrics,
+    ) -> Route {
         let config = match &app.kind {
             Kind::Tcp(t) => t.clone(),
             // The daemon only hands a TCP app TCP configs.
             Kind::Spec(_) => unreachable!("a spec config reached a TCP app"),
         };
-        // A first config's targets start healthy; a reload's new ones as configured.
+        // A first config's endpoints start healthy; later ones as configured.
         let fresh_healthy = previous.is_none() || config.new_targets_healthy;
-        let targets: Vec<Arc<TargetSlot>> = config
-            .targets
-            .iter()
-            .zip(&config.weights)
-            .map(|(t, &w)| {
+        let mut targets: Vec<Arc<TargetSlot>> = Vec::with_capacity(config.targets.len());
+        for (target, &weight) in config.targets.iter().zip(&config.weights) {
+            let addrs: Vec<Option<SocketAddr>> = match target {
+                Target::Addr(a) => vec![Some(*a)],
+                Target::Name { .. } => match resolved.get(target) {
+                    Some(list) if !list.is_empty() => list.iter().copied().map(Some).collect(),
+                    _ => vec![None],
+                },
+            };
+            // A slot from the previous snapshot, or one built for an earlier
+            // listing of the same target in this one.
+            let known = |built: &[Arc<TargetSlot>], pred: &dyn Fn(&TargetSlot) -> bool| {
                 previous
-                    .and_then(|p| {
-                        p.targets
-                            .iter()
-                            .find(|s| s.state.target == *t && s.state.weight == w)
-                    })
+                    .and_then(|p| p.targets.iter().find(|s| pred(s)))
+                    .or_else(|| built.iter().find(|s| pred(s)))
                     .cloned()
-                    .unwrap_or_else(|| {
-                        Arc::new(TargetSlot {
-                            state: Arc::new(TargetState::new(t.clone(), w, fresh_healthy)),
-                            retired: CancellationToken::new(),
-                        })
+            };
+            let traffic = known(&targets, &|s| s.state.target == *target)
+                .map(|s| s.traffic.clone())
+                .unwrap_or_else(|| metrics.tcp.target(&app.name, &target.to_string()));
+            for addr in addrs {
+                let slot = known(&targets, &|s| {
+                    s.state.target == *target && s.state.weight == weight && s.state.addr == addr
+                })
+                .unwrap_or_else(|| {
+                    let state = TargetState::endpoint(target.clone(), addr, weight, fresh_healthy);
+                    let health = metrics.tcp.endpoint(
+                        &app.name,
+                        &target.to_string(),
+                        &TargetSlot::address_label(addr),
+                    );
+                    health.healthy.set(i64::from(fresh_healthy));
+                    Arc::new(TargetSlot {
+                        state: Arc::new(state),
+                        retired: CancellationToken::new(),
+                        traffic: traffic.clone(),
+                        health,
                     })
-            })
-            .collect();
-        let states: Vec<Arc<TargetState>> = targets.iter().map(|s| s.state.clone()).collect();
-        let strategy = match previous {
-            Some(p)
-                if p.config.targets == config.targets
-                    && p.config.weights == config.weights
-                    && p.config.strategy == config.strategy =>
-            {
-                p.strategy.clone()
+                });
+                targets.push(slot);
             }
+        }
+        let states: Vec<Arc<TargetState>> = targets.iter().map(|s| s.state.clone()).collect();
+        let same_endpoints = previous.is_some_and(|p| {
+            p.targets.len() == targets.len()
+                && p.targets
+                    .iter()
+                    .zip(&targets)
+                    .all(|(a, b)| Arc::ptr_eq(a, b))
+        });
+        let strategy = match previous {
+            Some(p) if same_endpoints && p.config.strategy == config.strategy => p.strategy.clone(),
             // Validation only lets registered names through; round robin is the
             // safe answer should an embedder's registry and validator disagree.
             _ => registry
@@ -122,26 +170,85 @@ impl Route {
 /// State shared by an app's listeners and connections.
 struct Shared {
     route: ArcSwap<Route>,
+    /// Held while a new route is built and stored, by a reload or by discovery, so
+    /// neither overwrites the other's change; holds what discovery resolved.
+    /// Never held across an await; the accept path does not take it.
+    routing: Mutex<Resolved>,
+    registry: Registry,
     resolver: Resolver,
     metrics: Arc<Metrics>,
+    app_metrics: AppHandles,
     active: AtomicUsize,
     connections: TaskTracker,
+    /// Wakes discovery when a reload may have brought new names.
+    reconfigured: tokio::sync::Notify,
     /// Fired when a removed app's drain timeout ends: remaining connections close.
     force_close: CancellationToken,
+}
+
+impl Shared {
+    /// Builds a route from `config` (or the current one) and the resolved names
+    /// (or the current ones), stores it, and retires what left. Returns the route.
+    fn reroute(&self, config: Option<Arc<AppConfig>>, resolved: Option<Resolved>) -> Arc<Route> {
+        let mut names = self.routing.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = resolved {
+            *names = r;
+        }
+        let old = self.route.load_full();
+        let config = config.unwrap_or_else(|| old.app.clone());
+        let route = Arc::new(Route::build(
+            config,
+            &self.registry,
+            Some(&old),
+            &names,
+            &self.metrics,
+        ));
+        self.route.store(route.clone());
+        drop(names);
+        self.retire_left(&old, &route);
+        route
+    }
+
+    /// Endpoints in `old` but not in `new`: their health series go; those whose
+    /// target left the config also have their connections closed after the drain
+    /// time. An address that only dropped out of DNS keeps its open connections
+    /// (DNS answers flap; nothing asked for them to be cut).
+    fn retire_left(&self, old: &Route, new: &Route) {
+        let app = &new.app.name;
+        for slot in &old.targets {
+            if new.targets.iter().any(|s| Arc::ptr_eq(s, slot)) {
+                continue;
+            }
+            let target = slot.state.target.to_string();
+            self.metrics.tcp.remove_endpoint(
+                app,
+                &target,
+                &TargetSlot::address_label(slot.state.addr),
+            );
+            if new.config.targets.contains(&slot.state.target) {
+                continue;
+            }
+            retire_target(
+                slot.clone(),
+                new.app.drain_timeout,
+                self.force_close.clone(),
+            );
+            self.metrics.tcp.remove_target(app, &target);
+        }
+    }
 }
 
 /// A running TCP app.
 pub struct TcpApp {
     shared: Arc<Shared>,
-    registry: Registry,
     listeners: Listeners,
-    /// Stops the health checker.
-    checks: CancellationToken,
+    /// Stops the health checker and discovery.
+    background: CancellationToken,
 }
 
 impl Drop for TcpApp {
     fn drop(&mut self) {
-        self.checks.cancel();
+        self.background.cancel();
     }
 }
 
@@ -154,21 +261,26 @@ impl TcpApp {
         resolver: Resolver,
         metrics: Arc<Metrics>,
     ) -> TcpApp {
+        let route = Route::build(config.clone(), &registry, None, &Resolved::new(), &metrics);
         let shared = Arc::new(Shared {
-            route: ArcSwap::from_pointee(Route::build(config, &registry, None)),
+            route: ArcSwap::from_pointee(route),
+            routing: Mutex::new(Resolved::new()),
+            registry,
             resolver,
+            app_metrics: metrics.tcp.app(&config.name),
             metrics,
             active: AtomicUsize::new(0),
             connections: TaskTracker::new(),
+            reconfigured: tokio::sync::Notify::new(),
             force_close: CancellationToken::new(),
         });
-        let checks = CancellationToken::new();
-        tokio::spawn(health::run(shared.clone(), checks.clone()));
+        let background = CancellationToken::new();
+        tokio::spawn(health::run(shared.clone(), background.clone()));
+        tokio::spawn(discover::run(shared.clone(), background.clone()));
         let mut app = TcpApp {
             shared,
-            registry,
             listeners: Listeners::default(),
-            checks,
+            background,
         };
         app.start_listeners(bound);
         app
@@ -202,10 +314,7 @@ impl App for TcpApp {
             .iter()
             .map(|s| EndpointStatus {
                 target: s.target.to_string(),
-                address: match &s.target {
-                    crate::config::Target::Addr(a) => Some(*a),
-                    crate::config::Target::Name { .. } => None,
-                },
+                address: s.addr,
                 weight: s.weight,
                 healthy: s.is_healthy(),
                 ejected: s.is_ejected(now),
@@ -214,7 +323,7 @@ impl App for TcpApp {
             })
             .collect();
         let mut problems = Vec::new();
-        if !endpoints.iter().any(|e| e.healthy && !e.ejected) {
+        if !route.states.iter().any(|s| s.available(now)) {
             problems.push("every target is down (failing open: all are tried)".to_string());
         }
         AppStatus {
@@ -222,8 +331,8 @@ impl App for TcpApp {
             kind: "tcp".into(),
             listeners: self.listeners.local_addrs(),
             connections: self.active_connections(),
-            // Its listeners accept; a TCP app with every target down still fails
-            // open, so it stays ready and reports the problem.
+            // Its listeners accept; with every target down it still fails open,
+            // so it stays ready and reports the problem instead.
             ready: true,
             problems,
             tcp: Some(TcpStatus {
@@ -235,18 +344,8 @@ impl App for TcpApp {
     }
 
     fn update(&mut self, config: Arc<AppConfig>, added: BoundSet) -> Vec<Listener> {
-        let old = self.shared.route.load_full();
-        let route = Route::build(config.clone(), &self.registry, Some(&old));
-        for slot in &old.targets {
-            if !route.targets.iter().any(|s| Arc::ptr_eq(s, slot)) {
-                retire_target(
-                    slot.clone(),
-                    config.drain_timeout,
-                    self.shared.force_close.clone(),
-                );
-            }
-        }
-        self.shared.route.store(Arc::new(route));
+        self.shared.reroute(Some(config.clone()), None);
+        self.shared.reconfigured.notify_one();
         self.start_listeners(added);
         self.listeners.remove_except(&config.listen)
     }
@@ -258,7 +357,7 @@ impl App for TcpApp {
     fn shutdown(mut self: Box<Self>) -> BoxFuture<'static, ()> {
         Box::pin(async move {
             self.listeners.retire_all().await;
-            self.checks.cancel();
+            self.background.cancel();
             let config = self.config();
             crate::app::drain(
                 &config.name,
@@ -268,7 +367,17 @@ impl App for TcpApp {
             )
             .await;
             // Its series go with it; a re-added app starts from zero.
-            self.shared.metrics.tcp.remove_app(&config.name);
+            let (metrics, route) = (&self.shared.metrics.tcp, self.shared.route.load());
+            for slot in &route.targets {
+                let target = slot.state.target.to_string();
+                metrics.remove_endpoint(
+                    &config.name,
+                    &target,
+                    &TargetSlot::address_label(slot.state.addr),
+                );
+                metrics.remove_target(&config.name, &target);
+            }
+            metrics.remove_app(&config.name);
         })
     }
 }
@@ -290,14 +399,17 @@ impl Handler for AppHandler {
     fn handle(&self, stream: TcpStream, peer: SocketAddr) {
         let shared = &self.0;
         let route = shared.route.load_full();
+        shared.app_metrics.accepted.inc();
         // Over the limit: reset now. Queueing would only hold the client until its
         // own timeout; a fast reset lets it retry elsewhere.
         if shared.active.fetch_add(1, Ordering::AcqRel) >= route.config.max_connections {
             shared.active.fetch_sub(1, Ordering::AcqRel);
+            shared.app_metrics.refused_limit.inc();
             tracing::debug!(app = %route.app.name, client = %peer, "connection limit reached; refused");
             reset(stream);
             return;
         }
+        shared.app_metrics.active.inc();
         let guard = ActiveGuard(shared.clone());
         shared
             .connections
@@ -311,6 +423,7 @@ struct ActiveGuard(Arc<Shared>);
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Ordering::AcqRel);
+        self.0.app_metrics.active.dec();
     }
 }
 
@@ -323,39 +436,46 @@ async fn serve(
 ) {
     let cfg = &route.config;
     let name = &route.app.name;
+    let span = tracing::debug_span!("connection", app = %name, client = %peer);
     let _ = client.set_nodelay(true);
     let started = tokio::time::Instant::now();
     let connected = tokio::select! {
-        r = connect(&route, &shared.resolver, peer) => r,
+        r = connect(&route, &shared.resolver, peer).instrument(span.clone()) => r,
         _ = shared.force_close.cancelled() => return reset(client),
     };
+    if let Ok(c) = &connected {
+        shared.app_metrics.retries.inc_by(u64::from(c.retries));
+    }
     let mut target = match connected {
         Ok(c) => c,
         Err(e) => {
+            shared.app_metrics.refused_no_target.inc();
             tracing::warn!(app = %name, client = %peer, error = %e, "no target available; resetting client");
             return reset(client);
         }
     };
     let _ = target.stream.set_nodelay(true);
     let slot = route.targets[target.index].clone();
+    let traffic = &slot.traffic;
     slot.state.opened();
+    traffic.connections.inc();
+    traffic.active.inc();
+    let meters = Some((&traffic.bytes_in, &traffic.bytes_out));
     let copied = tokio::select! {
-        c = bidirectional(&mut client, &mut target.stream, cfg.buffer_size, cfg.idle_timeout) => Some(c),
+        c = bidirectional(&mut client, &mut target.stream, cfg.buffer_size, cfg.idle_timeout, meters) => Some(c),
         _ = shared.force_close.cancelled() => None,
         _ = slot.retired.cancelled() => None,
     };
     slot.state.closed();
-    match copied {
-        Some(c) => tracing::debug!(
-            app = %name, client = %peer, target = %slot.state.target, addr = %target.addr,
-            retries = target.retries, sent = c.sent, received = c.received,
-            duration = ?started.elapsed(), reason = c.end.as_str(), "connection closed"
-        ),
-        None => tracing::debug!(
-            app = %name, client = %peer, target = %slot.state.target,
-            duration = ?started.elapsed(), reason = "drain_timeout", "connection closed"
-        ),
-    }
+    traffic.active.dec();
+    let reason = copied.map_or("drain_timeout", |c| c.end.as_str());
+    traffic.close(reason);
+    tracing::debug!(
+        parent: &span,
+        target = %slot.state.target, addr = %target.addr, retries = target.retries,
+        sent = copied.map(|c| c.sent), received = copied.map(|c| c.received),
+        duration = ?started.elapsed(), reason, "connection closed"
+    );
 }
 
 /// Closes with RST instead of FIN: the client learns at once that nothing is there.
