@@ -564,6 +564,28 @@ mod tests {
     }
 
     #[test]
+    fn checks_need_fall_failures_to_go_down_and_rise_passes_to_come_back() {
+        let t = &targets(&[1])[0];
+        let (rise, fall) = (2, 3);
+        assert_eq!(t.record_check(false, rise, fall), None);
+        assert_eq!(t.record_check(false, rise, fall), None);
+        // A pass in between restarts the count.
+        assert_eq!(t.record_check(true, rise, fall), None);
+        assert_eq!(t.record_check(false, rise, fall), None);
+        assert_eq!(t.record_check(false, rise, fall), None);
+        assert_eq!(t.record_check(false, rise, fall), Some(false));
+        assert!(!t.is_healthy());
+        assert_eq!(
+            t.record_check(false, rise, fall),
+            None,
+            "no repeated verdict"
+        );
+        assert_eq!(t.record_check(true, rise, fall), None);
+        assert_eq!(t.record_check(true, rise, fall), Some(true));
+        assert!(t.is_healthy());
+    }
+
+    #[test]
     fn registry_knows_custom_names() {
         let mut r = Registry::default();
         r.register("first", |_| Arc::new(PowerOfTwo));

@@ -160,3 +160,75 @@ fn passive_failure(route: &Route, index: usize) {
     health.ejected.set(1);
     tracing::warn!(app = %route.app.name, target = %state.target, addr = ?state.addr, ejection = n, ?length, "target ejected after consecutive connect failures");
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::Validator;
+    use crate::metrics::Metrics;
+    use crate::proxy::Resolved;
+    use crate::strategy::Registry;
+
+    fn route(extra: &str) -> Route {
+        let json = format!(
+            r#"{{"apps":[{{"name":"a","ports":[1],"targets":["10.0.0.1:1","10.0.0.2:1","10.0.0.3:1","10.0.0.4:1"]{extra}}}]}}"#
+        );
+        let registry = Registry::default();
+        let config = Validator::new(registry.names()).parse(&json).unwrap();
+        let app = Arc::new(config.apps.into_iter().next().unwrap());
+        Route::build(app, &registry, None, &Resolved::new(), &Metrics::new())
+    }
+
+    /// Ejection lengths grow with each ejection and end by the clock alone.
+    #[tokio::test(start_paused = true)]
+    async fn ejections_grow_and_expire_on_time() {
+        let r = route(r#","passive":{"consecutive_failures":3,"base_ejection":"10s"}"#);
+        let t = &r.states[0];
+        for _ in 0..2 {
+            passive_failure(&r, 0);
+        }
+        assert!(!t.is_ejected(r.now_ms()), "ejected before 3 failures");
+        passive_failure(&r, 0);
+        assert!(t.is_ejected(r.now_ms()));
+        tokio::time::advance(Duration::from_millis(9_999)).await;
+        assert!(t.is_ejected(r.now_ms()));
+        tokio::time::advance(Duration::from_millis(2)).await;
+        assert!(
+            !t.is_ejected(r.now_ms()),
+            "first ejection lasts base_ejection"
+        );
+
+        // The second ejection lasts twice as long.
+        for _ in 0..3 {
+            passive_failure(&r, 0);
+        }
+        tokio::time::advance(Duration::from_secs(19)).await;
+        assert!(t.is_ejected(r.now_ms()));
+        tokio::time::advance(Duration::from_millis(1_001)).await;
+        assert!(!t.is_ejected(r.now_ms()));
+        assert_eq!(t.ejections(), 2);
+    }
+
+    /// At most max_ejected_percent of targets are out at once (at least one may be).
+    #[tokio::test(start_paused = true)]
+    async fn ejected_share_is_capped() {
+        let r = route(
+            r#","passive":{"consecutive_failures":1,"base_ejection":"1m","max_ejected_percent":50}"#,
+        );
+        for i in 0..4 {
+            passive_failure(&r, i);
+        }
+        let now = r.now_ms();
+        let ejected = r.states.iter().filter(|s| s.is_ejected(now)).count();
+        assert_eq!(ejected, 2);
+        // Once the first ejections end, the others may go.
+        tokio::time::advance(Duration::from_secs(61)).await;
+        passive_failure(&r, 2);
+        passive_failure(&r, 3);
+        let now = r.now_ms();
+        assert!(r.states[2].is_ejected(now) && r.states[3].is_ejected(now));
+    }
+}

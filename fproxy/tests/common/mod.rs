@@ -3,6 +3,7 @@
 //! [`WAIT`], never a sleep.
 #![allow(dead_code)]
 
+pub mod prom;
 pub mod redis_server;
 pub mod upstream;
 
@@ -124,6 +125,7 @@ pub struct Proxy {
     stop: Option<oneshot::Sender<()>>,
     pub task: JoinHandle<Result<(), fproxy::daemon::ApplyError>>,
     pub first: Applied,
+    pub metrics: std::sync::Arc<fproxy::metrics::Metrics>,
 }
 
 impl Proxy {
@@ -133,10 +135,15 @@ impl Proxy {
     }
 
     pub async fn start_with(registry: Registry, config: &str) -> Proxy {
+        Self::start_daemon(Daemon::new(registry), config).await
+    }
+
+    /// Runs `daemon` (built by the caller, e.g. with its own resolver) on `config`.
+    pub async fn start_daemon(daemon: Daemon, config: &str) -> Proxy {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.json");
         std::fs::write(&path, config).unwrap();
-        let daemon = Daemon::new(registry);
+        let metrics = daemon.metrics();
         let mut events = daemon.events();
         let sub = FileWatcher::new(&path)
             .subscribe(daemon.validator())
@@ -156,7 +163,13 @@ impl Proxy {
             stop: Some(stop),
             task,
             first,
+            metrics,
         }
+    }
+
+    /// The daemon's metrics, scraped and parsed.
+    pub fn scrape(&self) -> prom::Scrape {
+        prom::Scrape::parse(&self.metrics.encode())
     }
 
     /// Bound addresses of `app` after the first rollout.
