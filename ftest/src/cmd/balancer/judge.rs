@@ -385,8 +385,9 @@ fn weighted_round_robin(dist: &Distribution, weights: &[u32]) -> Verdict {
     ))
 }
 
-/// The p-value and the words for a chi-square verdict.
-fn chi_square_verdict(stat: String, chi2: f64, df: usize, who: &str) -> Verdict {
+/// The p-value and the words for a chi-square verdict; `unlikely` says what a
+/// failure means, before "less than once in 1000 runs".
+fn chi_square_verdict(stat: String, chi2: f64, df: usize, unlikely: &str) -> Verdict {
     let p = chi_square_p(chi2, df as f64);
     // Small p-values in scientific notation: "p 0.000" would hide how small.
     let p_text = if p >= SIGNIFICANCE {
@@ -399,7 +400,7 @@ fn chi_square_verdict(stat: String, chi2: f64, df: usize, who: &str) -> Verdict 
         holds(format!("{stat} >= {SIGNIFICANCE}"))
     } else {
         fails(format!(
-            "{stat} < {SIGNIFICANCE}: {who} is this far off less than once in 1000 runs"
+            "{stat} < {SIGNIFICANCE}: {unlikely} less than once in 1000 runs"
         ))
     }
 }
@@ -425,7 +426,7 @@ fn even(dist: &Distribution) -> Verdict {
         format!("counts {min}..{max} around {expected:.1}"),
         chi2,
         k - 1,
-        "an even balancer",
+        "an even balancer is this uneven",
     )
 }
 
@@ -472,7 +473,7 @@ fn weighted_chi_square(dist: &Distribution, weights: &[u32]) -> Verdict {
         format!("counts/expected for weights {given}: {}", parts.join(", ")),
         chi2,
         weights.len() - 1,
-        "a balancer following the weights",
+        "a balancer following the weights is this far off",
     )
 }
 
@@ -750,6 +751,11 @@ mod tests {
             !v.holds
                 && v.reason
                     .contains("chi-square 33.33, df 1, p 7.8e-9 < 0.001"),
+            "{v:?}"
+        );
+        assert!(
+            v.reason
+                .ends_with(": an even balancer is this uneven less than once in 1000 runs"),
             "{v:?}"
         );
         // 2:1 over 90 is not yet significant at 0.001 (chi-square n/9 = 10 < 10.83).
