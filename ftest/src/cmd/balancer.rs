@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::bail;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 
-pub use judge::{chi_square_p, judge, smooth_schedule, Check, Expect, Verdict, MIN_SPREAD_SOURCES};
+pub use judge::{chi_square_p, judge, Check, Expect, Verdict};
 
 use crate::exchange::{Failure, TryError};
 use crate::net::{self, parse_millis, TargetArgs};
@@ -186,8 +186,8 @@ pub fn loopback_sources(n: u8) -> Vec<IpAddr> {
 /// The source of connection `i` (from 0) among `n` sources: back and forth,
 /// 0 1 .. n-1 n-1 .. 1 0 0 1 .. A plain cycle 0 1 .. n-1 0 1 .. would line up with
 /// a round robin over a number of backends that divides n and make it look
-/// sticky; at each turn one source opens two connections in a row, which round
-/// robin never gives the same backend.
+/// sticky; at each turn one source opens two connections in a row, which plain
+/// round robin never gives the same backend.
 pub fn source_of(i: usize, n: usize) -> usize {
     if n == 0 {
         return 0;

@@ -21,7 +21,7 @@ const MIN_EXPECTED: usize = 5;
 /// From this many sources on, `consistent-hash` requires them to reach 2 or more
 /// backends: a hash puts all of N sources on one of 2 equal backends with chance
 /// 2^(1-N), under 1/1000 from N = 11 on.
-pub const MIN_SPREAD_SOURCES: usize = 11;
+const MIN_SPREAD_SOURCES: usize = 11;
 
 /// What the distribution must look like.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -138,12 +138,10 @@ impl Check {
                 ))
             }
             Expect::ConsistentHash => {
-                return Err(
-                    "--weights does not apply to consistent-hash: weights give a \
-                            backend more hash table slots, which no exact check of a few \
-                            sources can see"
-                        .into(),
-                )
+                let why = "--weights does not apply to consistent-hash: weights give a \
+                           backend more hash table slots, which no exact check of a few \
+                           sources can see";
+                return Err(why.into());
             }
             Expect::Single | Expect::Any => {
                 return Err("--weights needs --expect round-robin, even or random".into())
