@@ -1,11 +1,11 @@
 //! Addresses, connecting, and error text that says what failed and where.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 use crate::exchange::{Failure, TryError};
 
@@ -102,7 +102,29 @@ fn family_name(family: Family) -> &'static str {
 /// Connects with a time limit and TCP_NODELAY (every command sends small writes
 /// and waits for the answer; Nagle would add delay to each).
 pub async fn connect(addr: SocketAddr, limit: Duration) -> Result<TcpStream, TryError> {
-    match tokio::time::timeout(limit, TcpStream::connect(addr)).await {
+    connect_from(addr, None, limit).await
+}
+
+/// [`connect`] from a chosen source address (any free port), or from the one the
+/// system picks when `source` is `None`.
+pub async fn connect_from(
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+    limit: Duration,
+) -> Result<TcpStream, TryError> {
+    // Binding does not wait, so it stays outside the time limit and its error can
+    // name the source address rather than the target.
+    let socket = match source {
+        Some(ip) => Some(bind(ip)?),
+        None => None,
+    };
+    let connecting = async move {
+        match socket {
+            Some(socket) => socket.connect(addr).await,
+            None => TcpStream::connect(addr).await,
+        }
+    };
+    match tokio::time::timeout(limit, connecting).await {
         Ok(Ok(stream)) => {
             // Failing to set it only costs latency; not worth failing the try.
             let _ = stream.set_nodelay(true);
@@ -114,6 +136,19 @@ pub async fn connect(addr: SocketAddr, limit: Duration) -> Result<TcpStream, Try
             format!("connect {addr}: timed out after {}", fmt_duration(limit)),
         )),
     }
+}
+
+/// A socket bound to `ip` and a free port, ready to connect.
+fn bind(ip: IpAddr) -> Result<TcpSocket, TryError> {
+    let local = SocketAddr::new(ip, 0);
+    let socket = if ip.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    };
+    socket
+        .and_then(|s| s.bind(local).map(|()| s))
+        .map_err(|e| TryError::io("bind", local, &e))
 }
 
 /// An I/O error as a short lowercase phrase, without Rust's "(os error N)" suffix.

@@ -124,6 +124,56 @@ async fn balancer_exit_codes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn balancer_weights_and_sources_exit_codes() {
+    let e = common::backends(2).await;
+    let p = common::proxy_with("round_robin", &[(e.addr(0), 2), (e.addr(1), 1)]).await;
+    let addr = p.addr.to_string();
+    let ok = output(&[
+        "balancer",
+        &addr,
+        "-n",
+        "6",
+        "--expect",
+        "round-robin",
+        "--weights",
+        "2,1",
+    ])
+    .await;
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stderr));
+    assert!(text(&ok.stdout).contains("expect round-robin: holds: every cycle of 3"));
+
+    // Round robin is not sticky, seen from 4 sources.
+    let bad = output(&[
+        "balancer",
+        &addr,
+        "-n",
+        "8",
+        "--expect",
+        "sticky",
+        "--source-ips",
+        "4",
+    ])
+    .await;
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(text(&bad.stdout).contains("from 127.0.0.4  "));
+    assert!(text(&bad.stderr).starts_with(&format!(
+        "error: balancer {addr}: consistent-hash does not hold: connections from 127.0.0."
+    )));
+
+    // Options that do not fit: said before any connection.
+    let p2c = output(&["balancer", &addr, "--expect", "p2c", "--weights", "2,1"]).await;
+    assert_eq!(p2c.status.code(), Some(1));
+    assert!(text(&p2c.stderr).starts_with("error: --weights does not apply to p2c"));
+    let v6 = output(&["balancer", "[::1]:1", "--source-ips", "2"]).await;
+    assert_eq!(v6.status.code(), Some(1));
+    assert!(text(&v6.stderr).contains("reach only a loopback IPv4 target; [::1]:1 is not one"));
+    let both = output(&["balancer", &addr, "--weights", "2,1", "--backends", "2"]).await;
+    assert_eq!(both.status.code(), Some(2));
+    let zero = output(&["balancer", &addr, "--weights", "2,0"]).await;
+    assert_eq!(zero.status.code(), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulate_exit_codes_and_json() {
     let e = common::backends(2).await;
     let p = common::proxy_to(&[e.addr(0), e.addr(1)]).await;

@@ -20,20 +20,35 @@ pub async fn backends(n: usize) -> Echo {
         .expect("start echo backends")
 }
 
-/// An fproxy daemon running one round-robin app in this process.
+/// An fproxy daemon running one app in this process.
 pub struct Proxy {
     pub daemon: fproxy::Daemon,
     pub addr: SocketAddr,
 }
 
-/// Starts fproxy on 127.0.0.1:0 forwarding to `targets` (host:port strings).
+/// Starts fproxy on 127.0.0.1:0 forwarding round robin to `targets` (host:port
+/// strings).
 pub async fn proxy(targets: &[String]) -> Proxy {
+    let targets: Vec<serde_json::Value> = targets.iter().map(|t| t.as_str().into()).collect();
+    start_proxy("round_robin", targets).await
+}
+
+/// Starts fproxy on 127.0.0.1:0 with `strategy` over `targets` and their weights.
+pub async fn proxy_with(strategy: &str, targets: &[(SocketAddr, u32)]) -> Proxy {
+    let targets = targets
+        .iter()
+        .map(|(addr, weight)| serde_json::json!({"address": addr.to_string(), "weight": weight}))
+        .collect();
+    start_proxy(strategy, targets).await
+}
+
+async fn start_proxy(strategy: &str, targets: Vec<serde_json::Value>) -> Proxy {
     let json = serde_json::json!({
         "apps": [{
             "name": "t",
             "listen": ["127.0.0.1:0"],
             "targets": targets,
-            "strategy": "round_robin",
+            "strategy": strategy,
             "connect_timeout": "500ms",
             "connect_deadline": "1s",
             "drain_timeout": "1s",
