@@ -251,9 +251,27 @@ pub fn value(metrics: &Metrics, name: &str, labels: &[(&str, &str)]) -> f64 {
 
 /// Waits (bounded, polling on loopback) until `name` with `labels` reads `want`.
 pub async fn metric_reaches(metrics: &Metrics, name: &str, labels: &[(&str, &str)], want: f64) {
+    metric_until(metrics, name, labels, &format!("== {want}"), |v| v == want).await;
+}
+
+/// Waits (bounded, polling on loopback) until `name` with `labels` reads `least` or more.
+pub async fn metric_at_least(metrics: &Metrics, name: &str, labels: &[(&str, &str)], least: f64) {
+    metric_until(metrics, name, labels, &format!(">= {least}"), |v| {
+        v >= least
+    })
+    .await;
+}
+
+async fn metric_until(
+    metrics: &Metrics,
+    name: &str,
+    labels: &[(&str, &str)],
+    what: &str,
+    ok: impl Fn(f64) -> bool,
+) {
     let reached = tokio::time::timeout(super::WAIT, async {
         loop {
-            if sample(&scrape(metrics), name, labels) == Some(want) {
+            if sample(&scrape(metrics), name, labels).is_some_and(&ok) {
                 return;
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
@@ -262,7 +280,7 @@ pub async fn metric_reaches(metrics: &Metrics, name: &str, labels: &[(&str, &str
     .await;
     if reached.is_err() {
         panic!(
-            "{name} {labels:?} never reached {want}; metrics:\n{}",
+            "{name} {labels:?} never reached {what}; metrics:\n{}",
             metrics.encode()
         );
     }
