@@ -70,13 +70,16 @@ impl MetricConstructor<Histogram> for PropagationBuckets {
 pub struct SpecMetrics {
     pub requests: Family<RequestLabels, Counter>,
     /// Lookups of a key's spec: `hit` (served from memory), `miss` (waited for a
-    /// first fetch), `rejected` (a key upstream refused).
+    /// first fetch), `rejected` (a key upstream refused: recently rejected, or its
+    /// data dropped).
     pub cache: Family<AppResultLabels, Counter>,
-    /// Upstream fetches by result: `updated`, `unchanged`, `unauthorized`, `error`.
+    /// Upstream fetches by result: `updated`, `unchanged` (including a payload no
+    /// newer than the one held), `unauthorized`, `error`.
     pub fetches: Family<AppResultLabels, Counter>,
     pub fetch_duration: Family<AppLabels, Histogram, FetchBuckets>,
     /// From a new spec arriving (upstream or Redis) to it being sent on a stream.
     pub propagation: Family<AppLabels, Histogram, PropagationBuckets>,
+    /// Streams admitted (under `max_streams`) and not ended yet.
     pub streams: Family<AppLabels, Gauge>,
     pub redis: Family<RedisLabels, Counter>,
     pub leader: Family<AppLabels, Gauge>,
@@ -341,7 +344,7 @@ pub const REDIS_OPS: [&str; 8] = [
     "subscribe",
 ];
 
-/// Per-app handles of a spec app.
+/// Per-app handles of a spec app (see [`SpecMetrics`] for what each counts).
 #[derive(Debug, Clone)]
 pub struct SpecHandles {
     requests: Vec<(&'static str, &'static str, Counter)>,
@@ -371,7 +374,8 @@ impl SpecHandles {
             Some((_, _, c)) => {
                 c.inc();
             }
-            // Not a pair created up front: rare, so a lookup is fine.
+            // Not a pair created up front: rare, so a lookup is fine. (`keys`
+            // holds the app's name and families.)
             None => {
                 self.keys
                     .families
@@ -450,5 +454,46 @@ impl RedisHandles {
                 bad.inc();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+
+    #[test]
+    fn grpc_code_names_follow_the_code_numbers() {
+        use tonic::Code;
+        for (code, name) in [
+            (Code::Ok, "OK"),
+            (Code::Cancelled, "CANCELLED"),
+            (Code::PermissionDenied, "PERMISSION_DENIED"),
+            (Code::ResourceExhausted, "RESOURCE_EXHAUSTED"),
+            (Code::Unavailable, "UNAVAILABLE"),
+            (Code::Unauthenticated, "UNAUTHENTICATED"),
+        ] {
+            assert_eq!(grpc_code_name(code as i32), name);
+        }
+        assert_eq!(grpc_code_name(99), "UNKNOWN");
+        assert_eq!(grpc_code_name(-1), "UNKNOWN");
+    }
+
+    /// Whatever an app's handles created, removing its keys and the app leaves
+    /// none of its series behind (and another app's alone).
+    #[test]
+    fn removal_covers_every_series_an_app_creates() {
+        let m = Metrics::new();
+        for app in ["gone", "stays"] {
+            let h = m.spec.app(app);
+            m.spec.redis(app).op("write", true);
+            h.request("stream_config_spec", "DEADLINE_EXCEEDED");
+            h.keys.key("v1:secret-t…").has_data.set(1);
+        }
+        m.spec.remove_key("gone", "v1:secret-t…");
+        m.spec.remove_app("gone");
+        let text = m.encode();
+        assert!(!text.contains(r#"app="gone""#), "{text}");
+        assert!(text.contains(r#"app="stays""#), "{text}");
     }
 }

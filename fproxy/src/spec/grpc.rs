@@ -156,7 +156,8 @@ impl Service {
             tokio::pin!(end);
             let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
             loop {
-                // The arrival of a new spec being sent, to time its propagation.
+                // When the spec sent this turn arrived, if it is an update: the
+                // propagation delay is measured once it is handed to the stream.
                 let mut update = None;
                 let out = tokio::select! {
                     changed = changes.changed() => {
