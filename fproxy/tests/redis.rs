@@ -272,3 +272,76 @@ async fn a_restarted_instance_streams_the_update_it_missed() {
     b.stop().await;
     a.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_redis_operations_and_propagation_are_measured() {
+    let redis = RedisServer::start().await;
+    let (up, _seen) = Upstream::start().await;
+    up.publish(KEY, 1, payload(1, true));
+    let (a, ma) = start_with_metrics(&instance(&up, &redis, "a", "")).await;
+    let (b, mb) = start_with_metrics(&instance(&up, &redis, "b", "")).await;
+    for p in [&a, &b] {
+        assert_eq!(reqwest::get(dcs_url(p)).await.unwrap().status(), 200);
+    }
+    let app = ("app", "spec");
+    let leader_gauge = "fproxy_spec_redis_leader";
+    let leader = one_leader(&[&a, &b]).await;
+    let (ml, mf) = if leader == 0 { (&ma, &mb) } else { (&mb, &ma) };
+    metric_reaches(ml, leader_gauge, &[app], 1.0).await;
+    metric_reaches(mf, leader_gauge, &[app], 0.0).await;
+    redis_has(&redis, 1).await;
+
+    let ops = "fproxy_spec_redis_operations_total";
+    let ok = |op| [app, ("op", op), ("result", "ok")];
+    for m in [&ma, &mb] {
+        assert_eq!(value(m, ops, &ok("connect")), 1.0);
+        metric_at_least(m, ops, &ok("lead"), 1.0).await;
+        metric_at_least(m, ops, &ok("subscribe"), 1.0).await;
+    }
+    // The leader writes and polls registered keys; the follower reads.
+    assert!(value(ml, ops, &ok("write")) >= 1.0);
+    metric_at_least(ml, ops, &ok("registered"), 1.0).await;
+    metric_at_least(mf, ops, &ok("read"), 1.0).await;
+
+    // An update reaches a stream on the follower through Redis, and is timed there.
+    let follower = if leader == 0 { &b } else { &a };
+    let grpc = *follower.first.listeners["spec"]
+        .iter()
+        .find(|a| a.ip().to_string() == "127.0.0.2")
+        .unwrap();
+    let mut client = StatsigForwardProxyClient::connect(format!("http://{grpc}"))
+        .await
+        .unwrap();
+    let mut stream = client
+        .stream_config_spec(ConfigSpecRequest {
+            sdk_key: KEY.into(),
+            since_time: None,
+            version: None,
+            zstd_dict_id: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    within("first message", stream.message())
+        .await
+        .unwrap()
+        .unwrap();
+    up.publish(KEY, 2, payload(2, false));
+    let pushed = within("update via redis", stream.message())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(pushed.last_updated, 2);
+    metric_reaches(
+        mf,
+        "fproxy_spec_update_propagation_seconds_count",
+        &[app],
+        1.0,
+    )
+    .await;
+    assert!(!mf.encode().contains(KEY) && !ml.encode().contains(KEY));
+    drop(stream);
+    drop(client);
+    a.stop().await;
+    b.stop().await;
+}

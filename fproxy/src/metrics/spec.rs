@@ -15,10 +15,11 @@ use super::AppLabels;
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub app: String,
-    /// The route family, e.g. `download_config_specs`, `get_config_spec`,
-    /// `stream_config_spec`, `health`, `ready`, `not_found`.
+    /// The route: one of [`HTTP_ROUTES`] or [`GRPC_ROUTES`].
     pub route: &'static str,
-    /// HTTP status code, or gRPC code name.
+    /// HTTP status code, or gRPC code name. A stream is counted when it ends, with
+    /// the code it ended with (`UNAVAILABLE` at its maximum age or on shutdown,
+    /// `CANCELLED` when the client left), or when it is refused.
     pub status: String,
 }
 
@@ -31,7 +32,8 @@ pub struct AppResultLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RedisLabels {
     pub app: String,
-    /// The operation, e.g. `read`, `write`, `lead`, `publish`.
+    /// The operation: one of [`REDIS_OPS`]. `write` includes the publish to
+    /// followers (one script); `lead` is a leadership step (take or renew).
     pub op: &'static str,
     /// `ok` or `error`.
     pub result: &'static str,
@@ -68,13 +70,16 @@ impl MetricConstructor<Histogram> for PropagationBuckets {
 pub struct SpecMetrics {
     pub requests: Family<RequestLabels, Counter>,
     /// Lookups of a key's spec: `hit` (served from memory), `miss` (waited for a
-    /// first fetch), `rejected` (a key upstream refused).
+    /// first fetch), `rejected` (a key upstream refused: recently rejected, or its
+    /// data dropped).
     pub cache: Family<AppResultLabels, Counter>,
-    /// Upstream fetches by result: `updated`, `unchanged`, `unauthorized`, `error`.
+    /// Upstream fetches by result: `updated`, `unchanged` (including a payload no
+    /// newer than the one held), `unauthorized`, `error`.
     pub fetches: Family<AppResultLabels, Counter>,
     pub fetch_duration: Family<AppLabels, Histogram, FetchBuckets>,
     /// From a new spec arriving (upstream or Redis) to it being sent on a stream.
     pub propagation: Family<AppLabels, Histogram, PropagationBuckets>,
+    /// Streams admitted (under `max_streams`) and not ended yet.
     pub streams: Family<AppLabels, Gauge>,
     pub redis: Family<RedisLabels, Counter>,
     pub leader: Family<AppLabels, Gauge>,
@@ -161,6 +166,60 @@ impl SpecMetrics {
         m
     }
 
+    /// Handles for one app's per-app series, resolved once when the app starts.
+    pub fn app(&self, app: &str) -> SpecHandles {
+        let l = AppLabels::new(app);
+        let result = |family: &Family<AppResultLabels, Counter>, result| {
+            family.get_or_create_owned(&AppResultLabels {
+                app: app.into(),
+                result,
+            })
+        };
+        SpecHandles {
+            requests: REQUESTS
+                .iter()
+                .map(|&(route, status)| {
+                    let c = self.requests.get_or_create_owned(&RequestLabels {
+                        app: app.into(),
+                        route,
+                        status: status.into(),
+                    });
+                    (route, status, c)
+                })
+                .collect(),
+            hit: result(&self.cache, "hit"),
+            miss: result(&self.cache, "miss"),
+            rejected: result(&self.cache, "rejected"),
+            updated: result(&self.fetches, "updated"),
+            unchanged: result(&self.fetches, "unchanged"),
+            unauthorized: result(&self.fetches, "unauthorized"),
+            fetch_error: result(&self.fetches, "error"),
+            fetch_duration: self.fetch_duration.get_or_create_owned(&l),
+            propagation: self.propagation.get_or_create_owned(&l),
+            streams: self.streams.get_or_create_owned(&l),
+            evicted: self.evicted.get_or_create_owned(&l),
+            keys: KeyMetrics {
+                app: app.into(),
+                families: self.clone(),
+            },
+        }
+    }
+
+    /// Handles for one app's Redis series; only apps with a Redis cache have them.
+    pub fn redis(&self, app: &str) -> RedisHandles {
+        let op = |op, result| {
+            self.redis.get_or_create_owned(&RedisLabels {
+                app: app.into(),
+                op,
+                result,
+            })
+        };
+        RedisHandles {
+            ops: REDIS_OPS.map(|o| (o, op(o, "ok"), op(o, "error"))),
+            leader: self.leader.get_or_create_owned(&AppLabels::new(app)),
+        }
+    }
+
     /// Drops a key's series (evicted, or its app is gone).
     pub fn remove_key(&self, app: &str, key: &str) {
         let l = KeyLabels {
@@ -172,7 +231,7 @@ impl SpecMetrics {
         self.key_last_success.remove(&l);
     }
 
-    /// Drops the per-app series that need no per-key knowledge.
+    /// Drops the per-app series (keys go one by one with [`SpecMetrics::remove_key`]).
     pub fn remove_app(&self, app: &str) {
         let l = AppLabels::new(app);
         self.fetch_duration.remove(&l);
@@ -180,5 +239,261 @@ impl SpecMetrics {
         self.streams.remove(&l);
         self.leader.remove(&l);
         self.evicted.remove(&l);
+        // Every pair a spec app can count, not only those created up front.
+        let routes = HTTP_ROUTES
+            .iter()
+            .flat_map(|r| HTTP_STATUSES.map(|s| (*r, s)));
+        let grpc = GRPC_ROUTES.iter().flat_map(|r| GRPC_CODES.map(|s| (*r, s)));
+        for (route, status) in routes.chain(grpc) {
+            self.requests.remove(&RequestLabels {
+                app: app.into(),
+                route,
+                status: status.into(),
+            });
+        }
+        for result in ["hit", "miss", "rejected"] {
+            self.cache.remove(&AppResultLabels {
+                app: app.into(),
+                result,
+            });
+        }
+        for result in ["updated", "unchanged", "unauthorized", "error"] {
+            self.fetches.remove(&AppResultLabels {
+                app: app.into(),
+                result,
+            });
+        }
+        for op in REDIS_OPS {
+            for result in ["ok", "error"] {
+                self.redis.remove(&RedisLabels {
+                    app: app.into(),
+                    op,
+                    result,
+                });
+            }
+        }
+    }
+}
+
+/// HTTP routes of a spec app.
+pub const HTTP_ROUTES: [&str; 5] = [
+    "download_config_specs",
+    "health",
+    "ready",
+    "startup",
+    "not_found",
+];
+
+/// Every status the HTTP routes answer with.
+pub const HTTP_STATUSES: [&str; 4] = ["200", "401", "404", "503"];
+
+/// gRPC methods of a spec app.
+pub const GRPC_ROUTES: [&str; 2] = ["get_config_spec", "stream_config_spec"];
+
+/// gRPC code names, indexed by code number.
+pub const GRPC_CODES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// The (route, status) pairs a spec app answers with, created up front so they
+/// export 0 before the first request and cost no lookup when counted.
+const REQUESTS: [(&str, &str); 16] = [
+    ("download_config_specs", "200"),
+    ("download_config_specs", "401"),
+    ("download_config_specs", "503"),
+    ("health", "200"),
+    ("ready", "200"),
+    ("ready", "503"),
+    ("startup", "200"),
+    ("startup", "503"),
+    ("not_found", "404"),
+    ("get_config_spec", "OK"),
+    ("get_config_spec", "PERMISSION_DENIED"),
+    ("get_config_spec", "UNAVAILABLE"),
+    ("stream_config_spec", "CANCELLED"),
+    ("stream_config_spec", "PERMISSION_DENIED"),
+    ("stream_config_spec", "UNAVAILABLE"),
+    ("stream_config_spec", "RESOURCE_EXHAUSTED"),
+];
+
+/// Redis operations of the shared cache.
+pub const REDIS_OPS: [&str; 8] = [
+    "connect",
+    "lead",
+    "read",
+    "write",
+    "delete",
+    "register",
+    "registered",
+    "subscribe",
+];
+
+/// Per-app handles of a spec app (see [`SpecMetrics`] for what each counts).
+#[derive(Debug, Clone)]
+pub struct SpecHandles {
+    requests: Vec<(&'static str, &'static str, Counter)>,
+    pub hit: Counter,
+    pub miss: Counter,
+    pub rejected: Counter,
+    pub updated: Counter,
+    pub unchanged: Counter,
+    pub unauthorized: Counter,
+    pub fetch_error: Counter,
+    pub fetch_duration: Histogram,
+    pub propagation: Histogram,
+    pub streams: Gauge,
+    pub evicted: Counter,
+    pub keys: KeyMetrics,
+}
+
+impl SpecHandles {
+    /// Counts a request to `route` answered with `status` (an HTTP code or a gRPC
+    /// code name).
+    pub fn request(&self, route: &'static str, status: &str) {
+        match self
+            .requests
+            .iter()
+            .find(|(r, s, _)| *r == route && *s == status)
+        {
+            Some((_, _, c)) => {
+                c.inc();
+            }
+            // Not a pair created up front: rare, so a lookup is fine. (`keys`
+            // holds the app's name and families.)
+            None => {
+                self.keys
+                    .families
+                    .requests
+                    .get_or_create(&RequestLabels {
+                        app: self.keys.app.clone(),
+                        route,
+                        status: status.into(),
+                    })
+                    .inc();
+            }
+        }
+    }
+}
+
+/// The name of a gRPC code, as in the gRPC spec (`PERMISSION_DENIED`).
+pub fn grpc_code_name(code: i32) -> &'static str {
+    usize::try_from(code)
+        .ok()
+        .and_then(|i| GRPC_CODES.get(i))
+        .copied()
+        .unwrap_or("UNKNOWN")
+}
+
+/// Creates and removes one app's per-key series.
+#[derive(Debug, Clone)]
+pub struct KeyMetrics {
+    app: String,
+    families: SpecMetrics,
+}
+
+impl KeyMetrics {
+    /// Handles for a key's series; `masked` must be the masked key, never the key.
+    pub fn key(&self, masked: &str) -> KeyHandles {
+        let l = KeyLabels {
+            app: self.app.clone(),
+            key: masked.into(),
+        };
+        let f = &self.families;
+        KeyHandles {
+            lcut: f.key_lcut.get_or_create_owned(&l),
+            has_data: f.key_has_data.get_or_create_owned(&l),
+            last_success: f.key_last_success.get_or_create_owned(&l),
+        }
+    }
+
+    pub fn remove(&self, masked: &str) {
+        self.families.remove_key(&self.app, masked);
+    }
+}
+
+/// One key's gauges. Handles of a removed key update nothing that is exported, so
+/// a fetch finishing after its key was evicted cannot bring the series back.
+#[derive(Debug, Clone)]
+pub struct KeyHandles {
+    pub lcut: Gauge,
+    pub has_data: Gauge,
+    pub last_success: Gauge,
+}
+
+/// One app's Redis handles.
+#[derive(Debug, Clone)]
+pub struct RedisHandles {
+    /// Per operation of [`REDIS_OPS`]: its `ok` and `error` counters.
+    ops: [(&'static str, Counter, Counter); REDIS_OPS.len()],
+    pub leader: Gauge,
+}
+
+impl RedisHandles {
+    /// Counts one operation (one of [`REDIS_OPS`]).
+    pub fn op(&self, op: &'static str, ok: bool) {
+        if let Some((_, good, bad)) = self.ops.iter().find(|(o, _, _)| *o == op) {
+            if ok {
+                good.inc();
+            } else {
+                bad.inc();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+
+    #[test]
+    fn grpc_code_names_follow_the_code_numbers() {
+        use tonic::Code;
+        for (code, name) in [
+            (Code::Ok, "OK"),
+            (Code::Cancelled, "CANCELLED"),
+            (Code::PermissionDenied, "PERMISSION_DENIED"),
+            (Code::ResourceExhausted, "RESOURCE_EXHAUSTED"),
+            (Code::Unavailable, "UNAVAILABLE"),
+            (Code::Unauthenticated, "UNAUTHENTICATED"),
+        ] {
+            assert_eq!(grpc_code_name(code as i32), name);
+        }
+        assert_eq!(grpc_code_name(99), "UNKNOWN");
+        assert_eq!(grpc_code_name(-1), "UNKNOWN");
+    }
+
+    /// Whatever an app's handles created, removing its keys and the app leaves
+    /// none of its series behind (and another app's alone).
+    #[test]
+    fn removal_covers_every_series_an_app_creates() {
+        let m = Metrics::new();
+        for app in ["gone", "stays"] {
+            let h = m.spec.app(app);
+            m.spec.redis(app).op("write", true);
+            h.request("stream_config_spec", "DEADLINE_EXCEEDED");
+            h.keys.key("v1:secret-t…").has_data.set(1);
+        }
+        m.spec.remove_key("gone", "v1:secret-t…");
+        m.spec.remove_app("gone");
+        let text = m.encode();
+        assert!(!text.contains(r#"app="gone""#), "{text}");
+        assert!(text.contains(r#"app="stays""#), "{text}");
     }
 }

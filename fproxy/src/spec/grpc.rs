@@ -22,6 +22,7 @@ use tonic::{Request, Response, Status};
 
 use super::store::{Api, Key, Spec};
 use super::{find, Missing, Shared};
+use crate::metrics::spec::grpc_code_name;
 
 pub mod proto {
     tonic::include_proto!("statsig_forward_proxy");
@@ -74,9 +75,21 @@ fn message(spec: &Spec) -> ConfigSpecResponse {
 
 type SpecStream = Pin<Box<dyn Stream<Item = Result<ConfigSpecResponse, Status>> + Send>>;
 
-#[tonic::async_trait]
-impl StatsigForwardProxy for Service {
-    async fn get_config_spec(
+const GET: &str = "get_config_spec";
+const STREAM: &str = "stream_config_spec";
+
+/// Counts an RPC answered with `r` (its error's code, or OK).
+fn counted<T>(shared: &Shared, route: &'static str, r: Result<T, Status>) -> Result<T, Status> {
+    let code = match &r {
+        Ok(_) => "OK",
+        Err(s) => grpc_code_name(s.code() as i32),
+    };
+    shared.stats.request(route, code);
+    r
+}
+
+impl Service {
+    async fn get(
         &self,
         request: Request<ConfigSpecRequest>,
     ) -> Result<Response<ConfigSpecResponse>, Status> {
@@ -96,9 +109,9 @@ impl StatsigForwardProxy for Service {
         Ok(Response::new(message(&spec)))
     }
 
-    type StreamConfigSpecStream = SpecStream;
-
-    async fn stream_config_spec(
+    /// Opens a stream. It is counted (in requests) here only when refused; an open
+    /// stream is counted when it ends, with the code it ends with.
+    async fn stream(
         &self,
         request: Request<ConfigSpecRequest>,
     ) -> Result<Response<SpecStream>, Status> {
@@ -106,14 +119,19 @@ impl StatsigForwardProxy for Service {
         let settings = shared.settings.load_full();
         let key = key_of(request.get_ref())?;
         // Take a slot before any work, so a flood of streams is refused cheaply.
-        let open = shared.streams.fetch_add(1, Ordering::AcqRel);
-        let slot = StreamSlot(shared.clone());
-        if open >= settings.spec.max_streams {
+        let max = settings.spec.max_streams;
+        if shared
+            .streams
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_err()
+        {
             return Err(Status::resource_exhausted(format!(
-                "too many streams ({}); retry later or elsewhere",
-                settings.spec.max_streams
+                "too many streams ({max}); retry later or elsewhere"
             )));
         }
+        let slot = StreamSlot::new(shared.clone());
         let (entry, first) = find(shared, &key).await.map_err(status)?;
 
         let (tx, rx) = mpsc::channel(4);
@@ -125,15 +143,22 @@ impl StatsigForwardProxy for Service {
         let shared = shared.clone();
         shared.connections.clone().spawn(async move {
             let _slot = slot;
+            let _following = entry.follow();
             let mut changes = entry.subscribe();
             let mut sent = first.lcut;
+            // How the stream ended, for the requests counter.
+            let mut ended = "CANCELLED";
             if tx.send(Ok(message(&first))).await.is_err() {
+                shared.stats.request(STREAM, ended);
                 return;
             }
             let end = tokio::time::sleep(age);
             tokio::pin!(end);
             let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
             loop {
+                // When the spec sent this turn arrived, if it is an update: the
+                // propagation delay is measured once it is handed to the stream.
+                let mut update = None;
                 let out = tokio::select! {
                     changed = changes.changed() => {
                         if changed.is_err() {
@@ -143,6 +168,7 @@ impl StatsigForwardProxy for Service {
                         match spec {
                             Some(spec) if spec.lcut > sent => {
                                 sent = spec.lcut;
+                                update = Some(spec.received);
                                 Ok(message(&spec))
                             }
                             _ => continue,
@@ -161,21 +187,64 @@ impl StatsigForwardProxy for Service {
                     _ = shared.closing.cancelled() => Err(Status::unavailable("server shutting down; reconnect")),
                     _ = tx.closed() => break,
                 };
-                let last = out.is_err();
-                if tx.send(out).await.is_err() || last {
+                let last = match &out {
+                    Ok(_) => None,
+                    Err(s) => Some(grpc_code_name(s.code() as i32)),
+                };
+                if tx.send(out).await.is_err() {
+                    break;
+                }
+                if let Some(received) = update {
+                    shared.stats.propagation.observe(received.elapsed().as_secs_f64());
+                }
+                if let Some(code) = last {
+                    ended = code;
                     break;
                 }
             }
+            shared.stats.request(STREAM, ended);
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
 
-/// Counts an open stream until dropped.
+#[tonic::async_trait]
+impl StatsigForwardProxy for Service {
+    async fn get_config_spec(
+        &self,
+        request: Request<ConfigSpecRequest>,
+    ) -> Result<Response<ConfigSpecResponse>, Status> {
+        let r = self.get(request).await;
+        counted(&self.shared, GET, r)
+    }
+
+    type StreamConfigSpecStream = SpecStream;
+
+    async fn stream_config_spec(
+        &self,
+        request: Request<ConfigSpecRequest>,
+    ) -> Result<Response<SpecStream>, Status> {
+        match self.stream(request).await {
+            Ok(r) => Ok(r),
+            Err(e) => counted(&self.shared, STREAM, Err(e)),
+        }
+    }
+}
+
+/// Holds one of the app's stream slots (taken by the caller), and counts it in
+/// the gauge, until dropped.
 struct StreamSlot(Arc<Shared>);
+
+impl StreamSlot {
+    fn new(shared: Arc<Shared>) -> StreamSlot {
+        shared.stats.streams.inc();
+        StreamSlot(shared)
+    }
+}
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
+        self.0.stats.streams.dec();
         self.0.streams.fetch_sub(1, Ordering::AcqRel);
     }
 }

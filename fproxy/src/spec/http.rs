@@ -33,20 +33,26 @@ pub async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_string();
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    let resp = match (req.method(), segments.as_slice()) {
-        (&Method::GET, ["v1", "health"]) => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
-        (&Method::GET, ["v1", "ready"]) => ready(&shared, true),
-        (&Method::GET, ["v1", "startup"]) => ready(&shared, false),
+    let (route, resp) = match (req.method(), segments.as_slice()) {
+        (&Method::GET, ["v1", "health"]) => {
+            ("health", json(StatusCode::OK, r#"{"status":"ok"}"#.into()))
+        }
+        (&Method::GET, ["v1", "ready"]) => ("ready", ready(&shared, true)),
+        (&Method::GET, ["v1", "startup"]) => ("startup", ready(&shared, false)),
         (&Method::GET | &Method::POST, [v, "download_config_specs", rest @ ..])
             if rest.len() <= 1 =>
         {
             match api(v) {
-                Some(api) => dcs(&shared, api, rest.first().copied(), req).await,
-                None => not_found(),
+                Some(api) => (
+                    "download_config_specs",
+                    dcs(&shared, api, rest.first().copied(), req).await,
+                ),
+                None => ("not_found", not_found()),
             }
         }
-        _ => not_found(),
+        _ => ("not_found", not_found()),
     };
+    shared.stats.request(route, resp.status().as_str());
     Ok(resp)
 }
 

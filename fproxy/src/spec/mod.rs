@@ -30,6 +30,7 @@ use crate::admin::status::{AppStatus, KeyStatus, SpecStatus};
 use crate::app::{App, BoxFuture};
 use crate::config::{AppConfig, Cache, Kind, SpecConfig};
 use crate::listener::{BoundSet, Handler, Listener, Listeners};
+use crate::metrics::spec::{RedisHandles, SpecHandles};
 use crate::metrics::Metrics;
 use store::{Api, Entry, Key, Lookup, Spec, Store, Upstream as State};
 use upstream::Upstream;
@@ -47,7 +48,12 @@ pub(crate) struct Settings {
 
 impl Settings {
     /// Reuses `previous`'s client and limit where the config left them unchanged.
-    fn new(spec: SpecConfig, previous: Option<&Settings>) -> Settings {
+    /// `redis_metrics` gives a new Redis cache its handles.
+    fn new(
+        spec: SpecConfig,
+        previous: Option<&Settings>,
+        redis_metrics: impl FnOnce() -> RedisHandles,
+    ) -> Settings {
         let upstream = match previous {
             Some(p)
                 if p.spec.upstream == spec.upstream
@@ -66,7 +72,7 @@ impl Settings {
                 Some((r.clone(), stop.clone()))
             }
             (Cache::Redis(cfg), _) => Some((
-                redis::RedisCache::new(cfg.clone()),
+                redis::RedisCache::new(cfg.clone(), redis_metrics()),
                 CancellationToken::new(),
             )),
             (Cache::Local, _) => None,
@@ -102,6 +108,8 @@ pub(crate) struct Shared {
     pub settings: ArcSwap<Settings>,
     pub store: Store,
     pub metrics: Arc<Metrics>,
+    /// This app's series, resolved once.
+    pub stats: SpecHandles,
     connections: TaskTracker,
     active: AtomicUsize,
     /// Open gRPC streams (capped by `max_streams`).
@@ -137,12 +145,14 @@ pub struct SpecApp {
 
 impl SpecApp {
     pub fn start(app: Arc<AppConfig>, bound: BoundSet, metrics: Arc<Metrics>) -> SpecApp {
-        let settings = Settings::new(spec_config(&app), None);
+        let settings = Settings::new(spec_config(&app), None, || metrics.spec.redis(&app.name));
+        let stats = metrics.spec.app(&app.name);
         let shared = Arc::new(Shared {
             app: ArcSwap::new(app),
             settings: ArcSwap::from_pointee(settings),
-            store: Store::default(),
+            store: Store::new(Some(stats.keys.clone())),
             metrics,
+            stats,
             connections: TaskTracker::new(),
             active: AtomicUsize::new(0),
             streams: AtomicUsize::new(0),
@@ -240,7 +250,7 @@ impl App for SpecApp {
                         lcut: k.lcut,
                         age_ms: k.age_ms,
                         upstream: k.upstream,
-                        streams: 0,
+                        streams: k.streams,
                         problem: k.problem,
                     })
                     .collect(),
@@ -250,7 +260,10 @@ impl App for SpecApp {
 
     fn update(&mut self, config: Arc<AppConfig>, added: BoundSet) -> Vec<Listener> {
         let old = self.shared.settings.load_full();
-        let settings = Settings::new(spec_config(&config), Some(&old));
+        let metrics = &self.shared.metrics;
+        let settings = Settings::new(spec_config(&config), Some(&old), || {
+            metrics.spec.redis(&config.name)
+        });
         self.shared.settings.store(Arc::new(settings));
         start_cache(&self.shared, Some(&old));
         self.shared.reconfigured.notify_one();
@@ -284,6 +297,7 @@ impl App for SpecApp {
             )
             .await;
             // Its series go with it; a re-added app starts from zero.
+            shared.store.forget_all_series();
             shared.metrics.spec.remove_app(&shared.name());
         })
     }
@@ -297,6 +311,8 @@ fn start_cache(shared: &Arc<Shared>, old: Option<&Settings>) {
     if let Some((old_cache, stop)) = old.and_then(|o| o.redis.as_ref()) {
         if new.is_none_or(|(n, _)| !Arc::ptr_eq(n, old_cache)) {
             stop.cancel();
+            // A new cache's first leadership step sets the gauge again.
+            old_cache.resign();
         }
     }
     let Some((cache, stop)) = new else { return };
@@ -388,8 +404,12 @@ pub(crate) async fn find(
     key: &Key,
 ) -> Result<(Arc<Entry>, Arc<Spec>), Missing> {
     let settings = shared.settings.load();
+    let stats = &shared.stats;
     let entry = match shared.store.lookup(key, settings.spec.rejected_key_ttl) {
-        Lookup::Rejected => return Err(Missing::Unauthorized),
+        Lookup::Rejected => {
+            stats.rejected.inc();
+            return Err(Missing::Unauthorized);
+        }
         Lookup::Found(e) => e,
         Lookup::Created(e) => {
             tokio::spawn(poll::fetch(shared.clone(), e.clone()));
@@ -397,8 +417,15 @@ pub(crate) async fn find(
         }
     };
     if let Some(spec) = entry.spec() {
+        stats.hit.inc();
         return Ok((entry, spec));
     }
+    if entry.upstream() == State::Unauthorized {
+        // Upstream refused it (and its data was dropped): nothing to wait for.
+        stats.rejected.inc();
+        return Err(Missing::Unauthorized);
+    }
+    stats.miss.inc();
     let mut changes = entry.subscribe();
     let wait = settings.spec.request_timeout + Duration::from_secs(1);
     let _ = tokio::time::timeout(
@@ -440,6 +467,8 @@ pub struct KeyReport {
     /// Milliseconds since the last successful upstream check.
     pub age_ms: Option<u64>,
     pub upstream: String,
+    /// gRPC streams following this key.
+    pub streams: usize,
     /// Why this key keeps the app from being ready, if it does.
     pub problem: Option<String>,
 }
@@ -462,6 +491,7 @@ pub(crate) fn readiness(shared: &Shared, check_staleness: bool) -> Readiness {
                 lcut: None,
                 age_ms: None,
                 upstream: "rejected".into(),
+                streams: 0,
                 problem: Some("warm key rejected by upstream (401/403)".into()),
             });
         }
@@ -490,6 +520,7 @@ pub(crate) fn readiness(shared: &Shared, check_staleness: bool) -> Readiness {
             lcut: spec.map(|s| s.lcut),
             age_ms: age.map(|a| a.as_millis() as u64),
             upstream: describe(&state),
+            streams: e.streams(),
             problem,
         });
     }

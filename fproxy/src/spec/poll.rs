@@ -39,9 +39,11 @@ pub async fn fetch(shared: Arc<Shared>, entry: Arc<Entry>) {
             }
         }
     }
+    let stats = &shared.stats;
     let upstream = match &settings.upstream {
         Ok(u) => u.clone(),
         Err(e) => {
+            stats.fetch_error.inc();
             entry.set_upstream(State::Failing(e.clone()));
             return;
         }
@@ -52,20 +54,33 @@ pub async fn fetch(shared: Arc<Shared>, entry: Arc<Entry>) {
     };
     let since = entry.spec().map(|s| s.lcut);
     let key = entry.key.masked();
-    match upstream.fetch(&entry.key, since).await {
+    let started = Instant::now();
+    let fetched = upstream.fetch(&entry.key, since).await;
+    stats
+        .fetch_duration
+        .observe(started.elapsed().as_secs_f64());
+    match fetched {
         Ok(Fetched::Spec(spec)) => {
             let lcut = spec.lcut;
             if entry.offer(spec) {
+                stats.updated.inc();
                 tracing::info!(app = %shared.name(), key, lcut, "spec updated");
                 if let (Some(cache), Some(spec)) = (&cache, entry.spec()) {
                     if cache.is_leader() {
                         let _ = cache.write(&entry.key, &spec).await;
                     }
                 }
+            } else {
+                // A payload no newer than ours: nothing changed.
+                stats.unchanged.inc();
             }
         }
-        Ok(Fetched::Unchanged) => entry.unchanged(),
+        Ok(Fetched::Unchanged) => {
+            stats.unchanged.inc();
+            entry.unchanged();
+        }
         Ok(Fetched::Unauthorized(status)) => {
+            stats.unauthorized.inc();
             tracing::warn!(app = %shared.name(), key, status, "upstream rejects this SDK key");
             if entry.spec().is_none() {
                 // Never had data: forget it, answer 401 for a while without asking.
@@ -80,6 +95,7 @@ pub async fn fetch(shared: Arc<Shared>, entry: Arc<Entry>) {
             backoff(&entry, settings.spec.poll_interval);
         }
         Err(e) => {
+            stats.fetch_error.inc();
             tracing::warn!(app = %shared.name(), key, error = %e, "fetch failed; serving the last good spec");
             entry.set_upstream(State::Failing(e.to_string()));
             backoff(&entry, settings.spec.poll_interval);
@@ -190,6 +206,7 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
         let settings = shared.settings.load_full();
         let warm: Vec<Key> = settings.warm_keys();
         for key in shared.store.evict_beyond(settings.spec.max_sdk_keys, &warm) {
+            shared.stats.evicted.inc();
             tracing::info!(app = %shared.name(), key = key.masked(), "evicted (least recently requested)");
         }
         let cache = settings.cache().filter(|c| c.is_connected()).cloned();

@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::store::{Api, Key, Spec};
 use crate::config::spec::{redact_url, RedisConfig};
+use crate::metrics::spec::RedisHandles;
 
 /// Keys registered more recently than this are polled by the leader.
 const REGISTRY_WINDOW: Duration = Duration::from_secs(24 * 3600);
@@ -75,6 +76,7 @@ pub struct RedisCache {
     leader: AtomicBool,
     /// Last failure, for readiness reports (`None` when fine).
     error: Mutex<Option<String>>,
+    metrics: RedisHandles,
 }
 
 impl std::fmt::Debug for RedisCache {
@@ -87,7 +89,7 @@ impl std::fmt::Debug for RedisCache {
 }
 
 impl RedisCache {
-    pub fn new(cfg: RedisConfig) -> Arc<RedisCache> {
+    pub fn new(cfg: RedisConfig, metrics: RedisHandles) -> Arc<RedisCache> {
         let id = format!(
             "{}-{}-{:016x}",
             hostname(),
@@ -100,6 +102,7 @@ impl RedisCache {
             conn: ArcSwapOption::empty(),
             leader: AtomicBool::new(false),
             error: Mutex::new(Some("connecting".into())),
+            metrics,
         })
     }
 
@@ -111,6 +114,13 @@ impl RedisCache {
         self.leader.load(Ordering::Relaxed)
     }
 
+    /// Stops counting as leader (the app stopped using this cache). The leader key
+    /// in Redis expires by itself.
+    pub fn resign(&self) {
+        self.leader.store(false, Ordering::Relaxed);
+        self.metrics.leader.set(0);
+    }
+
     pub fn is_connected(&self) -> bool {
         self.conn.load().is_some()
     }
@@ -120,7 +130,13 @@ impl RedisCache {
         self.error.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    fn record<T>(&self, r: Result<T, CacheError>) -> Result<T, CacheError> {
+    /// Counts operation `op` and remembers its failure (or that it worked).
+    fn record<T>(&self, op: &'static str, r: Result<T, CacheError>) -> Result<T, CacheError> {
+        self.metrics.op(op, r.is_ok());
+        self.remember(r)
+    }
+
+    fn remember<T>(&self, r: Result<T, CacheError>) -> Result<T, CacheError> {
         let mut e = self.error.lock().unwrap_or_else(|e| e.into_inner());
         match &r {
             Ok(_) => *e = None,
@@ -147,14 +163,17 @@ impl RedisCache {
     pub async fn connect(self: Arc<Self>, stop: CancellationToken) {
         let mut wait = Duration::from_millis(100);
         loop {
-            match self.try_connect().await {
+            let attempt = self.try_connect().await;
+            self.metrics.op("connect", attempt.is_ok());
+            match attempt {
                 Ok(c) => {
                     tracing::info!(url = %redact_url(&self.cfg.url), "redis connected");
                     self.conn.store(Some(Arc::new(c)));
                     return;
                 }
                 Err(e) => {
-                    let _ = self.record::<()>(Err(e));
+                    // Counted above already.
+                    let _ = self.remember::<()>(Err(e));
                 }
             }
             tokio::select! {
@@ -212,8 +231,11 @@ impl RedisCache {
     /// could not be asked).
     pub async fn elect(&self) -> (bool, bool) {
         let r = self.try_elect().await;
-        let (me, any) = self.record(r).unwrap_or_default();
+        let (me, any) = self.record("lead", r).unwrap_or_default();
         let was = self.leader.swap(me, Ordering::Relaxed);
+        // Set on every step, not only on changes, so the gauge heals after a
+        // reload that swapped caches.
+        self.metrics.leader.set(i64::from(me));
         if was != me {
             tracing::info!(leader = me, id = %self.id, "redis leadership changed");
         }
@@ -249,7 +271,7 @@ impl RedisCache {
     /// followers. Returns whether it wrote.
     pub async fn write(&self, key: &Key, spec: &Spec) -> Result<bool, CacheError> {
         let r = self.try_write(key, spec).await;
-        self.record(r)
+        self.record("write", r)
     }
 
     async fn try_write(&self, key: &Key, spec: &Spec) -> Result<bool, CacheError> {
@@ -270,7 +292,9 @@ impl RedisCache {
             .invoke_async(&mut c)
             .await?;
         if written < 0 {
+            // Another instance took over.
             self.leader.store(false, Ordering::Relaxed);
+            self.metrics.leader.set(0);
         }
         Ok(written == 1)
     }
@@ -287,7 +311,7 @@ impl RedisCache {
             .transpose()
         }
         .await;
-        self.record(r)
+        self.record("read", r)
     }
 
     /// The spec Redis holds for `key`, if it is newer than `than`.
@@ -313,7 +337,7 @@ impl RedisCache {
             Ok((lcut > than).then(|| (lcut, Bytes::from(config))))
         }
         .await;
-        self.record(r)
+        self.record("read", r)
     }
 
     /// Removes `key`'s entries (for keys upstream rejects, when configured so).
@@ -324,7 +348,7 @@ impl RedisCache {
             Ok(())
         }
         .await;
-        self.record(r)
+        self.record("delete", r)
     }
 
     /// Asks the leader to poll `key` too.
@@ -337,7 +361,7 @@ impl RedisCache {
             Ok(())
         }
         .await;
-        self.record(r)
+        self.record("register", r)
     }
 
     /// Keys any instance registered recently (older ones are pruned).
@@ -364,7 +388,7 @@ impl RedisCache {
                 .collect())
         }
         .await;
-        self.record(r)
+        self.record("registered", r)
     }
 
     /// Calls `changed` with each hash key the leader announces, until `stop`;
@@ -378,7 +402,10 @@ impl RedisCache {
                 pubsub.subscribe(self.channel()).await?;
                 Ok::<_, redis::RedisError>(pubsub)
             };
-            if let Ok(Ok(pubsub)) = tokio::time::timeout(self.cfg.connect_timeout, sub).await {
+            let subscribed = tokio::time::timeout(self.cfg.connect_timeout, sub).await;
+            self.metrics
+                .op("subscribe", matches!(subscribed, Ok(Ok(_))));
+            if let Ok(Ok(pubsub)) = subscribed {
                 let mut messages = pubsub.into_on_message();
                 loop {
                     tokio::select! {

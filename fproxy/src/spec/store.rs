@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -16,6 +16,9 @@ use bytes::Bytes;
 use tokio::sync::watch;
 // tokio's clock, so tests can run timers on paused time.
 use tokio::time::Instant;
+
+use crate::metrics::spec::{KeyHandles, KeyMetrics};
+use crate::metrics::unix_now;
 
 /// DCS API version of a request; v1 and v2 payloads differ, so they are cached apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -65,6 +68,9 @@ pub struct Spec {
     pub plain: Bytes,
     /// The same, gzip-compressed once.
     pub gzip: Bytes,
+    /// When it arrived (from upstream or Redis), to measure how long it takes to
+    /// reach streams.
+    pub received: Instant,
 }
 
 impl Spec {
@@ -80,6 +86,7 @@ impl Spec {
             lcut,
             plain,
             gzip: Bytes::from(gzip),
+            received: Instant::now(),
         }
     }
 }
@@ -112,11 +119,36 @@ pub struct Entry {
     next_attempt: AtomicU64,
     /// Consecutive failed fetches, for backoff.
     pub failures: AtomicU64,
+    /// gRPC streams following this key (see [`Entry::follow`]).
+    streams: AtomicUsize,
+    /// The key's gauges (none in unit tests without metrics).
+    gauges: Option<KeyHandles>,
+}
+
+/// Counts a stream following an entry until dropped.
+#[derive(Debug)]
+pub struct Following(Arc<Entry>);
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        self.0.streams.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Entry {
     pub fn spec(&self) -> Option<Arc<Spec>> {
         self.spec.load_full()
+    }
+
+    /// Counts a stream following this key while the guard lives.
+    pub fn follow(self: &Arc<Self>) -> Following {
+        self.streams.fetch_add(1, Ordering::Relaxed);
+        Following(self.clone())
+    }
+
+    /// gRPC streams following this key now.
+    pub fn streams(&self) -> usize {
+        self.streams.load(Ordering::Relaxed)
     }
 
     /// Counts as a request (for eviction): live streams call this.
@@ -138,6 +170,10 @@ impl Entry {
         self.checked();
         let newer = self.spec().is_none_or(|cur| spec.lcut > cur.lcut);
         if newer {
+            if let Some(g) = &self.gauges {
+                g.lcut.set(spec.lcut as i64);
+                g.has_data.set(1);
+            }
             let spec = Arc::new(spec);
             self.spec.store(Some(spec.clone()));
             self.changes.send_replace((Upstream::Ok, Some(spec)));
@@ -154,6 +190,9 @@ impl Entry {
     }
 
     fn checked(&self) {
+        if let Some(g) = &self.gauges {
+            g.last_success.set(unix_now());
+        }
         self.last_checked.store(self.now_ms(), Ordering::Relaxed);
         self.failures.store(0, Ordering::Relaxed);
         self.next_attempt.store(0, Ordering::Relaxed);
@@ -184,6 +223,10 @@ impl Entry {
 
     /// Drops the data (for keys upstream no longer accepts, when configured so).
     pub fn clear(&self) {
+        if let Some(g) = &self.gauges {
+            g.lcut.set(0);
+            g.has_data.set(0);
+        }
         self.spec.store(None);
         self.changes.send_modify(|(_, spec)| *spec = None);
     }
@@ -204,15 +247,14 @@ pub struct Store {
     /// Keys upstream rejected, with when: answered 401 without asking again.
     rejected: Mutex<HashMap<Key, Instant>>,
     epoch: Instant,
+    /// Creates each key's series with its entry and removes them with it, both
+    /// under the entries' write lock, so a key's series exist exactly while it does.
+    metrics: Option<KeyMetrics>,
 }
 
 impl Default for Store {
     fn default() -> Self {
-        Store {
-            entries: RwLock::default(),
-            rejected: Mutex::default(),
-            epoch: Instant::now(),
-        }
+        Store::new(None)
     }
 }
 
@@ -226,6 +268,15 @@ pub enum Lookup {
 }
 
 impl Store {
+    pub fn new(metrics: Option<KeyMetrics>) -> Store {
+        Store {
+            entries: RwLock::default(),
+            rejected: Mutex::default(),
+            epoch: Instant::now(),
+            metrics,
+        }
+    }
+
     fn now_ms(&self) -> u64 {
         ms_since(self.epoch, Instant::now())
     }
@@ -261,6 +312,8 @@ impl Store {
             last_checked: AtomicU64::new(0),
             next_attempt: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            streams: AtomicUsize::new(0),
+            gauges: self.metrics.as_ref().map(|m| m.key(&key.masked())),
         });
         entries.insert(key.clone(), entry.clone());
         Lookup::Created(entry)
@@ -268,8 +321,26 @@ impl Store {
 
     /// Forgets `key` and answers 401 for it for a while.
     pub fn reject(&self, key: &Key) {
-        write(&self.entries).remove(key);
+        let mut entries = write(&self.entries);
+        // Under the lock, so a new entry for the key cannot get the series first.
+        if entries.remove(key).is_some() {
+            self.forget_series(key);
+        }
+        drop(entries);
         lock(&self.rejected).insert(key.clone(), Instant::now());
+    }
+
+    fn forget_series(&self, key: &Key) {
+        if let Some(m) = &self.metrics {
+            m.remove(&key.masked());
+        }
+    }
+
+    /// Removes every key's series (the app is going away).
+    pub fn forget_all_series(&self) {
+        for key in read(&self.entries).keys() {
+            self.forget_series(key);
+        }
     }
 
     pub fn get(&self, key: &Key) -> Option<Arc<Entry>> {
@@ -300,6 +371,7 @@ impl Store {
         let evicted: Vec<Key> = by_age.into_iter().take(excess).map(|(_, k)| k).collect();
         for k in &evicted {
             entries.remove(k);
+            self.forget_series(k);
         }
         evicted
     }
