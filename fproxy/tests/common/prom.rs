@@ -1,5 +1,6 @@
 //! Reading `/metrics` text with a real Prometheus text parser (prometheus-parse).
 
+use fproxy::metrics::Metrics;
 use prometheus_parse::Value;
 
 /// A parsed scrape.
@@ -14,6 +15,7 @@ impl Scrape {
     /// The value of the one sample named `name` whose labels include `labels`;
     /// `None` if there is none. Panics if several match (the labels are too loose).
     pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        // Unlike `sample`, insists the labels pick out one series.
         let found: Vec<f64> = self
             .0
             .samples
@@ -46,5 +48,75 @@ impl Scrape {
                 _ => None,
             })
             .unwrap_or(0)
+    }
+}
+
+/// The metrics text, parsed.
+pub fn scrape(metrics: &Metrics) -> Vec<prometheus_parse::Sample> {
+    let text = metrics.encode();
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    prometheus_parse::Scrape::parse(lines)
+        .expect("metrics text parses")
+        .samples
+}
+
+/// The value of the sample `name` whose labels include `labels`, if there is one.
+/// Counters are named with their `_total` suffix; histograms by `_count`/`_sum`.
+pub fn sample(
+    samples: &[prometheus_parse::Sample],
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Option<f64> {
+    use prometheus_parse::Value;
+    samples
+        .iter()
+        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .and_then(|s| match s.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => Some(v),
+            _ => None,
+        })
+}
+
+/// Like [`sample`], for a sample that must exist.
+pub fn value(metrics: &Metrics, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let samples = scrape(metrics);
+    sample(&samples, name, labels)
+        .unwrap_or_else(|| panic!("no {name} {labels:?} in:\n{}", metrics.encode()))
+}
+
+/// Waits (bounded, polling on loopback) until `name` with `labels` reads `want`.
+pub async fn metric_reaches(metrics: &Metrics, name: &str, labels: &[(&str, &str)], want: f64) {
+    metric_until(metrics, name, labels, &format!("== {want}"), |v| v == want).await;
+}
+
+/// Waits (bounded, polling on loopback) until `name` with `labels` reads `least` or more.
+pub async fn metric_at_least(metrics: &Metrics, name: &str, labels: &[(&str, &str)], least: f64) {
+    metric_until(metrics, name, labels, &format!(">= {least}"), |v| {
+        v >= least
+    })
+    .await;
+}
+
+async fn metric_until(
+    metrics: &Metrics,
+    name: &str,
+    labels: &[(&str, &str)],
+    what: &str,
+    ok: impl Fn(f64) -> bool,
+) {
+    let reached = tokio::time::timeout(super::WAIT, async {
+        loop {
+            if sample(&scrape(metrics), name, labels).is_some_and(&ok) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    if reached.is_err() {
+        panic!(
+            "{name} {labels:?} never reached {what}; metrics:\n{}",
+            metrics.encode()
+        );
     }
 }

@@ -13,11 +13,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use fproxy::daemon::Event;
 use fproxy::metrics::Metrics;
-use fproxy::{ConfigSubscriber, Daemon, FileWatcher, Registry};
-use tokio::sync::oneshot;
 
+// Metric readers, for the spec tests that import everything from here.
+#[allow(unused_imports)]
+pub use super::prom::{metric_at_least, metric_reaches, sample, scrape, value};
 use super::{within, Proxy};
 
 pub const KEY: &str = "secret-test-key-0123456789";
@@ -186,102 +186,9 @@ pub async fn upstream_polled(
 }
 
 /// Starts the daemon on `config` as [`Proxy::start`] does, and also returns its
-/// metrics (the harness hands the daemon to its task).
+/// metrics.
 pub async fn start_with_metrics(config: &str) -> (Proxy, Arc<Metrics>) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("config.json");
-    std::fs::write(&path, config).unwrap();
-    let daemon = Daemon::new(Registry::default());
-    let metrics = daemon.metrics();
-    let mut events = daemon.events();
-    let sub = FileWatcher::new(&path)
-        .subscribe(daemon.validator())
-        .expect("initial config is valid");
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(daemon.run(sub, async {
-        let _ = stopped.await;
-    }));
-    let first = match within("first rollout", events.recv()).await.unwrap() {
-        Event::Applied(a) => a,
-        other => panic!("first config not applied: {other:?}"),
-    };
-    let proxy = Proxy {
-        dir,
-        path,
-        events,
-        stop: Some(stop),
-        task,
-        first,
-    };
+    let proxy = Proxy::start(config).await;
+    let metrics = proxy.metrics.clone();
     (proxy, metrics)
-}
-
-/// The metrics text, parsed.
-pub fn scrape(metrics: &Metrics) -> Vec<prometheus_parse::Sample> {
-    let text = metrics.encode();
-    let lines = text.lines().map(|l| Ok(l.to_string()));
-    prometheus_parse::Scrape::parse(lines)
-        .expect("metrics text parses")
-        .samples
-}
-
-/// The value of the sample `name` whose labels include `labels`, if there is one.
-/// Counters are named with their `_total` suffix; histograms by `_count`/`_sum`.
-pub fn sample(
-    samples: &[prometheus_parse::Sample],
-    name: &str,
-    labels: &[(&str, &str)],
-) -> Option<f64> {
-    use prometheus_parse::Value;
-    samples
-        .iter()
-        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .and_then(|s| match s.value {
-            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => Some(v),
-            _ => None,
-        })
-}
-
-/// Like [`sample`], for a sample that must exist.
-pub fn value(metrics: &Metrics, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let samples = scrape(metrics);
-    sample(&samples, name, labels)
-        .unwrap_or_else(|| panic!("no {name} {labels:?} in:\n{}", metrics.encode()))
-}
-
-/// Waits (bounded, polling on loopback) until `name` with `labels` reads `want`.
-pub async fn metric_reaches(metrics: &Metrics, name: &str, labels: &[(&str, &str)], want: f64) {
-    metric_until(metrics, name, labels, &format!("== {want}"), |v| v == want).await;
-}
-
-/// Waits (bounded, polling on loopback) until `name` with `labels` reads `least` or more.
-pub async fn metric_at_least(metrics: &Metrics, name: &str, labels: &[(&str, &str)], least: f64) {
-    metric_until(metrics, name, labels, &format!(">= {least}"), |v| {
-        v >= least
-    })
-    .await;
-}
-
-async fn metric_until(
-    metrics: &Metrics,
-    name: &str,
-    labels: &[(&str, &str)],
-    what: &str,
-    ok: impl Fn(f64) -> bool,
-) {
-    let reached = tokio::time::timeout(super::WAIT, async {
-        loop {
-            if sample(&scrape(metrics), name, labels).is_some_and(&ok) {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-    })
-    .await;
-    if reached.is_err() {
-        panic!(
-            "{name} {labels:?} never reached {what}; metrics:\n{}",
-            metrics.encode()
-        );
-    }
 }
