@@ -141,6 +141,9 @@ fn check(path: Option<PathBuf>) -> anyhow::Result<()> {
             ),
         }
     }
+    if let Some(admin) = &config.admin {
+        println!("admin API: http://{}", admin.listen);
+    }
     println!("{}: ok, {} app(s)", path.display(), config.apps.len());
     Ok(())
 }
@@ -180,15 +183,13 @@ fn admin_from_config(config: Option<PathBuf>) -> anyhow::Result<SocketAddr> {
             .parse()
             .context("the default admin address does not parse");
     };
-    let validator = Daemon::new(Registry::default()).validator();
-    let config = validator.load(&path).with_context(|| {
+    let admin = fproxy::config::load_admin(&path).with_context(|| {
         format!(
             "cannot take the admin address from {}; pass --admin ADDR",
             path.display()
         )
     })?;
-    let listen = config
-        .admin
+    let listen = admin
         .with_context(|| {
             format!(
                 "{} has no `admin` section, so the daemon serves no admin API; add \"admin\": {{}} to it",

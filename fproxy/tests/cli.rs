@@ -188,6 +188,24 @@ async fn status_prints_apps_and_targets() {
     assert!(out.status.success());
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["apps"][0]["name"], "web");
+
+    // Without --admin the config file's admin.listen is used, even while the rest of
+    // the file is invalid (when the status matters most).
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.json");
+    std::fs::write(
+        &path,
+        format!(r#"{{"apps":[{{"name":"web"}}],"admin":{{"listen":"{admin}"}}}}"#),
+    )
+    .unwrap();
+    let out = run_bin(&["status"], &[("FPROXY_CONFIG_PATH", &path)]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("app web (tcp)"), "{stdout}");
     p.stop().await;
 }
 

@@ -353,6 +353,26 @@ fn parse_listen(s: &str) -> Result<SocketAddr, String> {
     }
 }
 
+/// Reads only the `admin` section of a config file (`None` when it has none), so
+/// `fproxy status` finds the admin API even while the rest of the file is invalid,
+/// which is when the status is most wanted.
+pub fn load_admin(path: &Path) -> Result<Option<AdminConfig>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| ConfigError::Syntax {
+            line: e.line(),
+            column: e.column(),
+            reason: strip_position(&e.to_string()),
+        })?;
+    match value {
+        serde_json::Value::Object(mut top) => top.remove("admin").map(parse_admin).transpose(),
+        _ => Ok(None),
+    }
+}
+
 /// The `admin` section as written; every field optional so `{}` takes the defaults.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
