@@ -268,3 +268,47 @@ async fn the_admin_api_moves_and_a_taken_address_refuses_the_config() {
     drop(taken);
     p.stop().await;
 }
+
+#[tokio::test]
+async fn a_source_without_refresh_answers_501() {
+    use fproxy::watch::Update;
+    use fproxy::{Daemon, Subscription};
+    use tokio::sync::{mpsc, oneshot};
+
+    let daemon = Daemon::new(Registry::default());
+    let mut events = daemon.events();
+    let config = daemon
+        .validator()
+        .parse(&with_admin(&[]))
+        .expect("valid config");
+    let (tx, rx) = mpsc::unbounded_channel();
+    tx.send(Update::Config(config)).unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(daemon.run(Subscription::new(rx, ()), async {
+        let _ = stopped.await;
+    }));
+    let admin = match within("first rollout", events.recv()).await.unwrap() {
+        Event::Applied(a) => a.admin.expect("admin address"),
+        other => panic!("not applied: {other:?}"),
+    };
+    let (code, body) = admin_request(admin, reqwest::Method::POST, "/reload").await;
+    assert_eq!(code, 501, "{body}");
+    assert!(body.contains("custom"), "{body}");
+    let (code, body) = admin_request(admin, reqwest::Method::GET, "/status").await;
+    assert_eq!(code, 200);
+    let s: Status = serde_json::from_str(&body).unwrap();
+    assert_eq!(s.source, "custom");
+    // No apps at all is ready.
+    assert_eq!(
+        admin_request(admin, reqwest::Method::GET, "/ready").await.0,
+        200
+    );
+
+    let _ = stop.send(());
+    within("daemon stop", task).await.unwrap().unwrap();
+    drop(tx);
+    assert!(
+        tokio::net::TcpStream::connect(admin).await.is_err(),
+        "admin API outlived the daemon"
+    );
+}
