@@ -432,8 +432,7 @@ impl Daemon {
     ) -> Result<(), ApplyError> {
         tokio::pin!(shutdown);
         self.source = subscription.description().to_string();
-        // A daemon that is run twice has no receiver the second time: its admin
-        // server then answers that the daemon is not responding.
+        // Always there: `run` consumes the daemon, so it takes the receiver once.
         let mut requests = self
             .requests_rx
             .take()

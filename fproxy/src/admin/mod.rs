@@ -2,7 +2,7 @@
 //! own (loopback by default) address.
 //!
 //! The server never touches the daemon's state: it asks the daemon loop over a
-//! channel ([`Request`]) and waits, bounded, for the answer. So `/status` and
+//! channel (`Request`) and waits, bounded, for the answer. So `/status` and
 //! `/ready` show live state without a lock, and `/live` proves the loop still turns.
 //! `/metrics` reads the shared [`crate::metrics::Metrics`] directly (atomics).
 
