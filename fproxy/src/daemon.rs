@@ -12,24 +12,35 @@
 //! 2. commit: swap routes, start new listeners and apps (cannot fail);
 //! 3. retire what is gone: listeners serve their queued clients and close, removed
 //!    apps drain in the background.
+//!
+//! The admin API is rolled the same way: its address is bound in phase 1 when new or
+//! changed, the server swapped in phase 2 and the old one stopped in phase 3. While
+//! [`Daemon::run`] runs, the daemon loop answers the admin server's questions, so
+//! nothing else ever touches its state.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::SystemTime;
 
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinSet;
 
+use crate::admin::status::{Reload, Status};
+use crate::admin::{AdminServer, ReloadAnswer, Request, StagedAdmin};
 use crate::app::App;
-use crate::config::{AppConfig, Config, Kind, Validator};
+use crate::config::{AdminConfig, AppConfig, Config, Kind, Validator};
 use crate::dns::Resolver;
 use crate::listener::{Bound, BoundSet};
-use crate::metrics::Metrics;
+use crate::metrics::{unix_now, AppLabels, Metrics, ResultLabels, RolloutLabels};
 use crate::proxy::TcpApp;
 use crate::spec::SpecApp;
 use crate::strategy::Registry;
 use crate::watch::{Subscription, Update};
+
+/// Admin requests waiting for the daemon loop; more wait on the sender's side.
+const ADMIN_QUEUE: usize = 64;
 
 /// Why a valid config could not be rolled out. The running config stays.
 #[derive(Debug, thiserror::Error)]
@@ -41,13 +52,21 @@ pub enum ApplyError {
         #[source]
         source: std::io::Error,
     },
+    #[error("admin API: cannot listen on {addr}: {source}")]
+    AdminBind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
-/// What observers (tests, the admin API, embedders) hear about rollouts.
+/// What observers (tests, embedders) hear about rollouts.
 #[derive(Debug, Clone)]
 pub enum Event {
     /// A config is now running.
     Applied(Applied),
+    /// A config identical to the running one arrived; nothing was rolled out.
+    Unchanged(Applied),
     /// A config was refused (invalid, or it could not be rolled out).
     Refused { error: String },
 }
@@ -57,11 +76,15 @@ pub enum Event {
 pub struct Applied {
     /// Counts rollouts, starting at 1 for the first config.
     pub version: u64,
+    /// The config equals the running one: nothing changed and `version` stayed.
+    pub unchanged: bool,
     pub added: Vec<String>,
     pub changed: Vec<String>,
     pub removed: Vec<String>,
     /// Every running app's bound listen addresses.
     pub listeners: BTreeMap<String, Vec<SocketAddr>>,
+    /// The admin API's bound address, when the config has one.
+    pub admin: Option<SocketAddr>,
 }
 
 /// Runs apps from configs. Construct, then [`Daemon::run`] on a subscription, or
@@ -75,11 +98,21 @@ pub struct Daemon {
     events: broadcast::Sender<Event>,
     /// Removed apps still draining.
     draining: JoinSet<()>,
+    /// The running admin API, and the config it runs.
+    admin: Option<(AdminConfig, AdminServer)>,
+    /// What admin servers send; [`Daemon::run`] takes the receiver.
+    requests: mpsc::Sender<Request>,
+    requests_rx: Option<mpsc::Receiver<Request>>,
+    /// Where configs come from, for `/status`.
+    source: String,
+    last_reload: Option<Reload>,
+    last_refused: Option<Reload>,
 }
 
 impl Daemon {
     pub fn new(registry: Registry) -> Self {
         let metrics = Arc::new(Metrics::new());
+        let (requests, requests_rx) = mpsc::channel(ADMIN_QUEUE);
         Daemon {
             registry,
             resolver: Resolver::from_system().count_lookups(metrics.daemon.dns_lookups.clone()),
@@ -88,6 +121,12 @@ impl Daemon {
             version: 0,
             events: broadcast::channel(64).0,
             draining: JoinSet::new(),
+            admin: None,
+            requests,
+            requests_rx: Some(requests_rx),
+            source: "custom".into(),
+            last_reload: None,
+            last_refused: None,
         }
     }
 
@@ -118,12 +157,97 @@ impl Daemon {
         self.apps.get(app).map(|a| a.local_addrs())
     }
 
-    /// Rolls out `config` (see the module docs). On error nothing changed.
+    /// The admin API's bound address, if it runs.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|(_, s)| s.local_addr())
+    }
+
+    /// What `GET /status` reports: the config, the last reloads and every app.
+    pub fn status(&self) -> Status {
+        let apps: Vec<_> = self.apps.values().map(|a| a.status()).collect();
+        Status {
+            version: self.version,
+            source: self.source.clone(),
+            ready: self.version > 0 && apps.iter().all(|a| a.ready),
+            last_reload: self.last_reload.clone(),
+            last_refused: self.last_refused.clone(),
+            apps,
+        }
+    }
+
+    /// Rolls out `config` (see the module docs). On error nothing changed. A config
+    /// equal to the running one rolls nothing out and keeps the version
+    /// ([`Applied::unchanged`]). Either way the outcome is logged, counted in the
+    /// metrics, reported by `/status` and sent to [`Daemon::events`].
     pub async fn apply(&mut self, config: Config) -> Result<Applied, ApplyError> {
+        if self.is_running(&config) {
+            let applied = Applied {
+                version: self.version,
+                unchanged: true,
+                listeners: self.listeners(),
+                admin: self.admin_addr(),
+                ..Applied::default()
+            };
+            tracing::info!(version = self.version, "config unchanged");
+            self.record("unchanged", &applied, None);
+            let _ = self.events.send(Event::Unchanged(applied.clone()));
+            return Ok(applied);
+        }
+        match self.roll_out(config).await {
+            Ok(applied) => {
+                tracing::info!(
+                    version = applied.version,
+                    added = ?applied.added,
+                    changed = ?applied.changed,
+                    removed = ?applied.removed,
+                    "config applied"
+                );
+                self.record("applied", &applied, None);
+                let _ = self.events.send(Event::Applied(applied.clone()));
+                Ok(applied)
+            }
+            Err(e) => {
+                self.refuse(e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether `config` is exactly what runs (apps compared by name, so their order
+    /// in the file does not matter).
+    fn is_running(&self, config: &Config) -> bool {
+        self.version > 0
+            && config.admin.as_ref() == self.admin.as_ref().map(|(c, _)| c)
+            && config.apps.len() == self.apps.len()
+            && config.apps.iter().all(|a| {
+                self.apps
+                    .get(&a.name)
+                    .is_some_and(|r| r.config().as_ref() == a)
+            })
+    }
+
+    fn listeners(&self) -> BTreeMap<String, Vec<SocketAddr>> {
+        self.apps
+            .iter()
+            .map(|(n, a)| (n.clone(), a.local_addrs()))
+            .collect()
+    }
+
+    async fn roll_out(&mut self, config: Config) -> Result<Applied, ApplyError> {
         let names: BTreeSet<String> = config.apps.iter().map(|a| a.name.clone()).collect();
 
-        // Phase 1: bind every address that is new to its app. On error the sockets
-        // bound so far are dropped with `staged`.
+        // Phase 1: bind every address that is new: the admin API's if it moved, and
+        // each app's. On error the sockets bound so far are dropped with `staged`.
+        let running_admin = self.admin.as_ref().map(|(c, _)| c.listen);
+        let staged_admin = match &config.admin {
+            Some(a) if running_admin != Some(a.listen) => Some(
+                StagedAdmin::bind(a.listen).map_err(|source| ApplyError::AdminBind {
+                    addr: a.listen,
+                    source,
+                })?,
+            ),
+            _ => None,
+        };
         let mut staged: Vec<(Arc<AppConfig>, BoundSet)> = Vec::new();
         for app in config.apps {
             let running = self.apps.get(&app.name).map(|a| a.config());
@@ -145,12 +269,38 @@ impl Daemon {
                     addr,
                     source,
                 })?;
-                bound.push((addr, b));
+                let restarts = self
+                    .metrics
+                    .daemon
+                    .listener_restarts
+                    .get_or_create_owned(&AppLabels::new(&app.name));
+                bound.push((addr, b.count_restarts(restarts)));
             }
             staged.push((Arc::new(app), bound));
         }
 
         // Phase 2: commit.
+        let retired_admin = match (config.admin, staged_admin) {
+            (Some(cfg), Some(staged)) => {
+                match staged.start(self.requests.clone(), self.metrics.clone()) {
+                    Ok(server) => self.admin.replace((cfg, server)),
+                    Err(e) => {
+                        // Only a runtime without an I/O driver gets here; the proxy
+                        // itself is unaffected, so carry on without the admin API.
+                        tracing::error!(error = %e, "cannot start the admin API");
+                        self.admin.take()
+                    }
+                }
+            }
+            (Some(cfg), None) => {
+                // Same address: the server and its socket stay.
+                if let Some((running, _)) = self.admin.as_mut() {
+                    *running = cfg;
+                }
+                None
+            }
+            (None, _) => self.admin.take(),
+        };
         self.version += 1;
         let mut result = Applied {
             version: self.version,
@@ -183,6 +333,9 @@ impl Daemon {
 
         // Phase 3: retire. Listeners first (quick: they serve their queue and close),
         // so a port that moved between apps stops being served by the old one.
+        if let Some((_, server)) = retired_admin {
+            server.stop().await;
+        }
         for listener in retired {
             listener.retire().await;
         }
@@ -197,6 +350,11 @@ impl Daemon {
             .collect();
         for name in gone {
             if let Some(app) = self.apps.remove(&name) {
+                // Its series go with it; a re-added app counts from zero.
+                self.metrics
+                    .daemon
+                    .listener_restarts
+                    .remove(&AppLabels::new(&name));
                 result.removed.push(name);
                 self.draining.spawn(app.shutdown());
             }
@@ -204,19 +362,58 @@ impl Daemon {
         // Reap drains that finished, so the set does not grow over many reloads.
         while self.draining.try_join_next().is_some() {}
 
-        result.listeners = self
-            .apps
-            .iter()
-            .map(|(n, a)| (n.clone(), a.local_addrs()))
-            .collect();
-        tracing::info!(
-            version = result.version,
-            added = ?result.added,
-            changed = ?result.changed,
-            removed = ?result.removed,
-            "config applied"
-        );
+        result.listeners = self.listeners();
+        result.admin = self.admin_addr();
         Ok(result)
+    }
+
+    /// Records a refused config: logged, counted, kept for `/status`, sent as an event.
+    fn refuse(&mut self, error: String) {
+        if self.version == 0 {
+            tracing::error!(%error, "config refused; nothing is running");
+        } else {
+            tracing::error!(%error, version = self.version, "config refused; the running config stays");
+        }
+        self.record("refused", &Applied::default(), Some(error.clone()));
+        let _ = self.events.send(Event::Refused { error });
+    }
+
+    /// Updates the metrics and the last reloads for `/status`.
+    fn record(&mut self, result: &'static str, applied: &Applied, error: Option<String>) {
+        let m = &self.metrics.daemon;
+        m.reloads.get_or_create(&ResultLabels { result }).inc();
+        m.last_reload_successful.set(i64::from(result != "refused"));
+        if result == "applied" {
+            m.last_reload_success_timestamp.set(unix_now());
+            m.config_version.set(self.version as i64);
+            for (action, apps) in [
+                ("added", &applied.added),
+                ("changed", &applied.changed),
+                ("removed", &applied.removed),
+            ] {
+                for app in apps {
+                    m.rollouts
+                        .get_or_create(&RolloutLabels {
+                            app: app.clone(),
+                            action,
+                        })
+                        .inc();
+                }
+            }
+        }
+        let reload = Reload {
+            at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            result: result.into(),
+            version: self.version,
+            error,
+            added: applied.added.clone(),
+            changed: applied.changed.clone(),
+            removed: applied.removed.clone(),
+        };
+        if result == "refused" {
+            self.last_refused = Some(reload.clone());
+        }
+        self.last_reload = Some(reload);
     }
 
     fn start_app(&self, app: Arc<AppConfig>, bound: BoundSet) -> Box<dyn App> {
@@ -234,50 +431,100 @@ impl Daemon {
 
     /// Applies updates from `subscription` until `shutdown` completes, then stops
     /// every app, draining their connections. The first update must be a valid
-    /// config that can be rolled out; otherwise that error is returned.
+    /// config that can be rolled out; otherwise that error is returned. Meanwhile it
+    /// answers the admin API.
     pub async fn run(
         mut self,
         mut subscription: Subscription,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ApplyError> {
         tokio::pin!(shutdown);
-        let mut first = true;
+        self.source = subscription.description().to_string();
+        // Always there: `run` consumes the daemon, so it takes the receiver once.
+        let mut requests = self
+            .requests_rx
+            .take()
+            .unwrap_or_else(|| mpsc::channel(1).1);
+        // `POST /reload` callers waiting for the next update.
+        let mut reloads: Vec<oneshot::Sender<ReloadAnswer>> = Vec::new();
+        let mut source_open = true;
         loop {
-            let update = tokio::select! {
-                u = subscription.recv() => u,
-                _ = &mut shutdown => break,
-            };
-            match update {
-                Some(Update::Config(config)) => match self.apply(config).await {
-                    Ok(applied) => {
-                        first = false;
-                        let _ = self.events.send(Event::Applied(applied));
+            tokio::select! {
+                u = subscription.recv(), if source_open => match u {
+                    Some(update) => {
+                        self.handle(update).await?;
+                        if let Some(reload) = &self.last_reload {
+                            for tx in reloads.drain(..) {
+                                let _ = tx.send(ReloadAnswer::Done(reload.clone()));
+                            }
+                        }
                     }
-                    Err(e) if first => return Err(e),
-                    Err(e) => self.refuse(e.to_string()),
+                    None => {
+                        tracing::warn!("config source ended; running the last config until shutdown");
+                        source_open = false;
+                        for tx in reloads.drain(..) {
+                            let _ = tx.send(ReloadAnswer::Unsupported("the config source has stopped".into()));
+                        }
+                    }
                 },
-                Some(Update::Rejected(e)) => self.refuse(e.to_string()),
-                None => {
-                    tracing::warn!("config source ended; running the last config until shutdown");
-                    shutdown.as_mut().await;
-                    break;
-                }
+                Some(req) = requests.recv() => match req {
+                    Request::Ping(tx) => {
+                        let _ = tx.send(());
+                    }
+                    Request::Status(tx) => {
+                        let _ = tx.send(self.status());
+                    }
+                    Request::Reload(tx) => match subscription.refresh() {
+                        Ok(()) => {
+                            // Callers that gave up need no answer.
+                            reloads.retain(|t| !t.is_closed());
+                            reloads.push(tx);
+                        }
+                        Err(e) => {
+                            let _ = tx.send(ReloadAnswer::Unsupported(format!(
+                                "{e} ({})",
+                                subscription.description()
+                            )));
+                        }
+                    },
+                },
+                _ = &mut shutdown => break,
             }
         }
         tracing::info!("shutdown requested");
+        // Admin callers waiting hear at once that the daemon is going away.
+        drop(requests);
+        drop(reloads);
         self.shutdown().await;
         Ok(())
     }
 
-    fn refuse(&self, error: String) {
-        tracing::error!(%error, "config refused; the running config stays");
-        let _ = self.events.send(Event::Refused { error });
+    /// Applies or refuses one update. While nothing runs yet, a config that cannot
+    /// be rolled out is returned for [`Daemon::run`] to fail with.
+    async fn handle(&mut self, update: Update) -> Result<(), ApplyError> {
+        let first = self.version == 0;
+        match update {
+            Update::Config(config) => match self.apply(config).await {
+                Ok(_) => Ok(()),
+                Err(e) if first => Err(e),
+                // Already recorded and logged by `apply`.
+                Err(_) => Ok(()),
+            },
+            Update::Rejected(e) => {
+                self.refuse(e.to_string());
+                Ok(())
+            }
+        }
     }
 
     /// Stops every app: first all listeners (so no port accepts any more), then
     /// each app drains up to its own drain timeout. Also waits for apps removed
     /// earlier that are still draining.
     pub async fn shutdown(mut self) {
+        // Readiness probes see the admin API gone at once and stop sending traffic.
+        if let Some((_, server)) = self.admin.take() {
+            server.stop().await;
+        }
         let mut apps = std::mem::take(&mut self.apps);
         for app in apps.values_mut() {
             app.stop_accepting().await;

@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -40,6 +41,9 @@ pub type BoundSet = Vec<(SocketAddr, Bound)>;
 pub struct Bound {
     listener: TcpListener,
     local: SocketAddr,
+    /// Counts restarts of the accept loop. Set by whoever binds (the daemon), so the
+    /// app that starts the listener needs no metrics of its own for it.
+    restarts: Option<Counter>,
 }
 
 impl Bound {
@@ -58,7 +62,17 @@ impl Bound {
         socket.listen(BACKLOG)?;
         let listener = TcpListener::from_std(socket.into())?;
         let local = listener.local_addr()?;
-        Ok(Bound { listener, local })
+        Ok(Bound {
+            listener,
+            local,
+            restarts: None,
+        })
+    }
+
+    /// Counts each restart of this listener's accept loop in `counter`.
+    pub fn count_restarts(mut self, counter: Counter) -> Bound {
+        self.restarts = Some(counter);
+        self
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -75,6 +89,7 @@ impl Bound {
             listener.clone(),
             handler.clone(),
             stop.clone(),
+            self.restarts,
         ));
         Listener {
             local: self.local,
@@ -205,6 +220,7 @@ async fn supervise(
     listener: Arc<TcpListener>,
     handler: Arc<dyn Handler>,
     stop: CancellationToken,
+    restarts: Option<Counter>,
 ) {
     let mut backoff = RESTART_BACKOFF.0;
     loop {
@@ -215,6 +231,9 @@ async fn supervise(
             Err(e) => {
                 let addr = listener.local_addr().ok();
                 tracing::error!(app, ?addr, error = %e, ?backoff, "listener task died; restarting");
+                if let Some(c) = &restarts {
+                    c.inc();
+                }
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(backoff) => {}
@@ -290,7 +309,10 @@ mod tests {
             calls: AtomicUsize::new(0),
             seen: tx,
         });
-        let bound = Bound::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let restarts = Counter::default();
+        let bound = Bound::bind("127.0.0.1:0".parse().unwrap())
+            .unwrap()
+            .count_restarts(restarts.clone());
         let addr = bound.local_addr();
         let listener = bound.start("t", handler.clone());
         let _first = TcpStream::connect(addr).await.unwrap();
@@ -303,6 +325,7 @@ mod tests {
             .unwrap();
         assert_eq!(peer, second.local_addr().unwrap());
         assert_eq!(handler.calls.load(Ordering::SeqCst), 2);
+        assert_eq!(restarts.get(), 1);
         listener.retire().await;
     }
 

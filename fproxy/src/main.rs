@@ -1,12 +1,14 @@
 //! The `fproxy` daemon binary: parse flags, set up logging, run the library's daemon.
 
 use std::io::IsTerminal;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use fproxy::config::Kind;
+use fproxy::admin::{client, table};
+use fproxy::config::{defaults, Kind};
 use fproxy::{ConfigSubscriber, Daemon, FileWatcher, Registry};
 use tracing_subscriber::EnvFilter;
 
@@ -20,6 +22,8 @@ Environment:
 Examples:
   fproxy --config config.json          run the apps in config.json, reloading on change
   fproxy check config.json             validate a config and summarise its apps
+  fproxy status                        show a running daemon's apps, targets and keys
+  curl -X POST 127.0.0.1:9901/reload   re-read the config now (needs an `admin` section)
 
 Signals: SIGTERM or SIGINT stop accepting, drain open connections (up to each app's
 drain_timeout), then exit 0. Editing the config file reloads it live.";
@@ -61,12 +65,24 @@ enum Command {
         /// Config file (default: --config / FPROXY_CONFIG_PATH).
         path: Option<PathBuf>,
     },
+    /// Print a running daemon's status (from its admin API) as tables; exit non-zero
+    /// if it cannot be reached.
+    Status {
+        /// Admin API address [default: the config file's admin.listen when
+        /// --config/FPROXY_CONFIG_PATH is given, else 127.0.0.1:9901].
+        #[arg(long, value_name = "ADDR")]
+        admin: Option<SocketAddr>,
+        /// Print the JSON of GET /status instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Check { ref path }) => check(path.clone().or(cli.config.clone())),
+        Some(Command::Status { admin, json }) => status(admin, cli.config.clone(), json),
         Some(Command::Run) | None => run(&cli),
     };
     match result {
@@ -125,8 +141,72 @@ fn check(path: Option<PathBuf>) -> anyhow::Result<()> {
             ),
         }
     }
+    if let Some(admin) = &config.admin {
+        println!("admin API: http://{}", admin.listen);
+    }
     println!("{}: ok, {} app(s)", path.display(), config.apps.len());
     Ok(())
+}
+
+fn status(admin: Option<SocketAddr>, config: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
+    let addr = match admin {
+        Some(a) => a,
+        None => admin_from_config(config)?,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        if json {
+            let answer = client::request(addr, hyper::Method::GET, "/status").await?;
+            if answer.code != 200 {
+                anyhow::bail!(
+                    "admin API at {addr} answered {}: {}",
+                    answer.code,
+                    answer.body.trim()
+                );
+            }
+            print!("{}", answer.body);
+        } else {
+            let status = client::status(addr).await?;
+            print!("{}", table::render(&status));
+        }
+        Ok(())
+    })
+}
+
+/// The admin address of the config file, made connectable.
+fn admin_from_config(config: Option<PathBuf>) -> anyhow::Result<SocketAddr> {
+    let Some(path) = config else {
+        return defaults::ADMIN_LISTEN
+            .parse()
+            .context("the default admin address does not parse");
+    };
+    let admin = fproxy::config::load_admin(&path).with_context(|| {
+        format!(
+            "cannot take the admin address from {}; pass --admin ADDR",
+            path.display()
+        )
+    })?;
+    let listen = admin
+        .with_context(|| {
+            format!(
+                "{} has no `admin` section, so the daemon serves no admin API; add \"admin\": {{}} to it",
+                path.display()
+            )
+        })?
+        .listen;
+    if listen.port() == 0 {
+        anyhow::bail!("admin.listen in {} has port 0 (chosen at start); pass --admin with the port the daemon logged", path.display());
+    }
+    // A wildcard listener is reached through loopback.
+    let ip = match listen.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    Ok(SocketAddr::new(ip, listen.port()))
 }
 
 fn run(cli: &Cli) -> anyhow::Result<()> {

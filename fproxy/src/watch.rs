@@ -46,12 +46,26 @@ pub struct Subscription {
     rx: mpsc::UnboundedReceiver<Update>,
     // Keeps the source alive (the file watcher's inotify handle, say).
     _source: Box<dyn Send + Sync>,
+    refresh: Option<mpsc::Sender<()>>,
+    description: String,
 }
 
 impl std::fmt::Debug for Subscription {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Subscription")
+        f.debug_struct("Subscription")
+            .field("source", &self.description)
+            .field("refresh", &self.refresh.is_some())
+            .finish()
     }
+}
+
+/// Why [`Subscription::refresh`] could not ask for a re-read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RefreshError {
+    #[error("this config source cannot be re-read on demand")]
+    Unsupported,
+    #[error("the config source has stopped")]
+    Closed,
 }
 
 impl Subscription {
@@ -60,6 +74,42 @@ impl Subscription {
         Subscription {
             rx,
             _source: Box::new(source),
+            refresh: None,
+            description: "custom".into(),
+        }
+    }
+
+    /// Lets [`Subscription::refresh`] (the admin API's `POST /reload`) ask the source
+    /// to re-read now: a message on `refresh` must make the source send an update,
+    /// even when nothing changed, so the caller hears back.
+    pub fn with_refresh(mut self, refresh: mpsc::Sender<()>) -> Self {
+        self.refresh = Some(refresh);
+        self
+    }
+
+    /// Describes where configs come from (shown by `/status`), e.g. `file /etc/fproxy.json`.
+    pub fn with_description(mut self, description: impl Into<String>) -> Self {
+        self.description = description.into();
+        self
+    }
+
+    /// Where configs come from; `custom` unless the source said.
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
+    /// Whether the source can be re-read on demand.
+    pub fn can_refresh(&self) -> bool {
+        self.refresh.is_some()
+    }
+
+    /// Asks the source to re-read now; its answer arrives through [`Subscription::recv`].
+    /// Requests made while one is pending are merged into it.
+    pub fn refresh(&self) -> Result<(), RefreshError> {
+        let tx = self.refresh.as_ref().ok_or(RefreshError::Unsupported)?;
+        match tx.try_send(()) {
+            Ok(()) | Err(mpsc::error::TrySendError::Full(())) => Ok(()),
+            Err(mpsc::error::TrySendError::Closed(())) => Err(RefreshError::Closed),
         }
     }
 
@@ -75,7 +125,8 @@ impl Subscription {
 /// silences a watch on the file's inode; so the parent directory is watched and
 /// events are filtered on the file name. Bursts of events are debounced, the file
 /// is re-read only when its content changed, and a briefly missing file keeps the
-/// running config.
+/// running config. A refresh ([`Subscription::refresh`]) re-reads at once and always
+/// sends what it read, changed or not, and a missing file is then an error.
 #[derive(Debug, Clone)]
 pub struct FileWatcher {
     path: PathBuf,
@@ -137,16 +188,32 @@ impl ConfigSubscriber for FileWatcher {
 
         let (tx, rx) = mpsc::unbounded_channel();
         let _ = tx.send(Update::Config(initial));
+        // Capacity 1 again: refreshes asked for while one is pending share its answer.
+        let (refresh_tx, refresh_rx) = mpsc::channel::<()>(1);
+        let description = format!("file {}", path.display());
         tokio::spawn(reload_loop(
             path,
             validator,
             self.debounce,
             text,
-            wake_rx,
+            Wakes {
+                events: wake_rx,
+                refresh: refresh_rx,
+            },
             tx,
         ));
-        Ok(Subscription::new(rx, watcher))
+        Ok(Subscription::new(rx, watcher)
+            .with_refresh(refresh_tx)
+            .with_description(description))
     }
+}
+
+/// What makes the reload loop read the file.
+struct Wakes {
+    /// File events (debounced, and only a changed file is sent on).
+    events: mpsc::Receiver<()>,
+    /// Explicit refreshes (read now, always send).
+    refresh: mpsc::Receiver<()>,
 }
 
 /// Whether a directory event may have changed our file. A symlinked config (a
@@ -173,26 +240,36 @@ async fn reload_loop(
     validator: Validator,
     debounce: Duration,
     mut last: String,
-    mut wake: mpsc::Receiver<()>,
+    wakes: Wakes,
     tx: mpsc::UnboundedSender<Update>,
 ) {
+    let Wakes {
+        events: mut wake,
+        mut refresh,
+    } = wakes;
     loop {
-        tokio::select! {
-            w = wake.recv() => if w.is_none() { return },
+        let mut forced = tokio::select! {
+            w = wake.recv() => match w {
+                Some(()) => false,
+                None => return,
+            },
+            // Closes only with the subscription, when `tx.closed()` fires too.
+            Some(()) = refresh.recv() => true,
             // Nobody listens any more.
             _ = tx.closed() => return,
-        }
-        // Debounce: wait for the burst (write, chmod, rename...) to settle.
-        loop {
-            match tokio::time::timeout(debounce, wake.recv()).await {
-                Ok(Some(())) => continue,
-                Ok(None) => return,
-                Err(_) => break,
+        };
+        // Debounce: wait for the burst (write, chmod, rename...) to settle. Someone
+        // asking for a refresh meanwhile wants it now.
+        while !forced {
+            tokio::select! {
+                w = wake.recv() => if w.is_none() { return },
+                Some(()) = refresh.recv() => forced = true,
+                _ = tokio::time::sleep(debounce) => break,
             }
         }
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !forced => {
                 tracing::info!(path = %path.display(), "config file is absent; keeping the running config");
                 continue;
             }
@@ -207,7 +284,7 @@ async fn reload_loop(
                 continue;
             }
         };
-        if text == last {
+        if text == last && !forced {
             continue;
         }
         let update = match validator.parse(&text) {

@@ -142,3 +142,90 @@ async fn sigterm_drains_open_connections_then_exits_zero() {
     let status = within("exit after drain", child.wait()).await.unwrap();
     assert!(status.success(), "{status}");
 }
+
+/// Runs the binary with `args` without blocking the runtime the daemon under test
+/// runs on.
+async fn run_bin(args: &[&str], env: &[(&str, &std::path::Path)]) -> std::process::Output {
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.args(args).env_remove("FPROXY_CONFIG_PATH");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    within("fproxy to exit", cmd.output()).await.unwrap()
+}
+
+#[tokio::test]
+async fn status_prints_apps_and_targets() {
+    let backend = echo_backend("127.0.0.1:0").await;
+    let p = Proxy::start(&format!(
+        r#"{{"apps":[{}],"admin":{{"listen":"127.0.0.1:0"}}}}"#,
+        app("web", &["127.0.0.1:0"], &[backend], "")
+    ))
+    .await;
+    let admin = p.admin().to_string();
+
+    let out = run_bin(&["status", "--admin", &admin], &[]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "version       1",
+        "ready         yes",
+        &format!(
+            "app web (tcp): ready, 0 connection(s), listening on {}",
+            p.addr("web")
+        ),
+        "TARGET",
+        &format!("{backend}  {backend}"),
+    ] {
+        assert!(stdout.contains(want), "missing {want:?} in\n{stdout}");
+    }
+
+    let out = run_bin(&["status", "--json", "--admin", &admin], &[]).await;
+    assert!(out.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["apps"][0]["name"], "web");
+
+    // Without --admin the config file's admin.listen is used, even while the rest of
+    // the file is invalid (when the status matters most).
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.json");
+    std::fs::write(
+        &path,
+        format!(r#"{{"apps":[{{"name":"web"}}],"admin":{{"listen":"{admin}"}}}}"#),
+    )
+    .unwrap();
+    let out = run_bin(&["status"], &[("FPROXY_CONFIG_PATH", &path)]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("app web (tcp)"), "{stdout}");
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn status_names_the_address_it_cannot_reach() {
+    let dead = dead_addr().to_string();
+    let out = run_bin(&["status", "--admin", &dead], &[]).await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("cannot connect to the admin API at {dead}")),
+        "{stderr}"
+    );
+
+    // Without --admin, the config file says where; here it has no admin section.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.json");
+    std::fs::write(&path, r#"{"apps":[]}"#).unwrap();
+    let out = run_bin(&["status"], &[("FPROXY_CONFIG_PATH", &path)]).await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("has no `admin` section"), "{stderr}");
+}

@@ -26,6 +26,9 @@ pub mod defaults {
     use std::time::Duration;
 
     pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+    /// Where the admin API listens when `admin` is `{}`: loopback only, since it can
+    /// reload the config and shows (masked) keys.
+    pub const ADMIN_LISTEN: &str = "127.0.0.1:9901";
     pub use super::spec::defaults as spec;
     pub use super::tcp::defaults as tcp;
 }
@@ -34,6 +37,15 @@ pub mod defaults {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub apps: Vec<AppConfig>,
+    /// The admin API; `None` (no `admin` key) runs none.
+    pub admin: Option<AdminConfig>,
+}
+
+/// The admin HTTP API (`/live`, `/ready`, `/status`, `/metrics`, `/reload`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Port 0 lets the OS choose (tests); the daemon reports the bound address.
+    pub listen: SocketAddr,
 }
 
 /// One validated app.
@@ -113,6 +125,9 @@ pub enum ConfigError {
         first: String,
         second: String,
     },
+    /// The top-level `admin` section; `field` is its path, e.g. `admin.listen`.
+    #[error("{field}: {reason}")]
+    Admin { field: String, reason: String },
 }
 
 /// Builds errors that name the app, and parses fields shared by kinds.
@@ -228,9 +243,10 @@ impl Validator {
                 ))
             }
         };
+        let admin = top.remove("admin").map(parse_admin).transpose()?;
         if let Some(key) = top.keys().next() {
             return Err(ConfigError::Structure(format!(
-                "unknown top-level key `{key}` (expected `apps`)"
+                "unknown top-level key `{key}` (expected `apps` or `admin`)"
             )));
         }
         let serde_json::Value::Array(apps) = apps else {
@@ -255,7 +271,10 @@ impl Validator {
             out.push(self.validate_app(raw, &label)?);
         }
         check_unique(&out)?;
-        Ok(Config { apps: out })
+        if let Some(admin) = &admin {
+            check_admin_address(admin, &out)?;
+        }
+        Ok(Config { apps: out, admin })
     }
 
     fn validate_app(&self, mut raw: RawApp, label: &str) -> Result<AppConfig, ConfigError> {
@@ -332,6 +351,83 @@ fn parse_listen(s: &str) -> Result<SocketAddr, String> {
         Ok(p) if p > 65535 => Err(format!("`{s}`: port {p} out of range 0-65535")),
         _ => Err(format!("`{s}`: `{port}` is not a port number")),
     }
+}
+
+/// Reads only the `admin` section of a config file (`None` when it has none), so
+/// `fproxy status` finds the admin API even while the rest of the file is invalid,
+/// which is when the status is most wanted.
+pub fn load_admin(path: &Path) -> Result<Option<AdminConfig>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| ConfigError::Syntax {
+            line: e.line(),
+            column: e.column(),
+            reason: strip_position(&e.to_string()),
+        })?;
+    match value {
+        serde_json::Value::Object(mut top) => top.remove("admin").map(parse_admin).transpose(),
+        _ => Ok(None),
+    }
+}
+
+/// The `admin` section as written; every field optional so `{}` takes the defaults.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    #[serde(default)]
+    listen: Option<String>,
+}
+
+fn parse_admin(raw: serde_json::Value) -> Result<AdminConfig, ConfigError> {
+    let err = |field: &str, reason: String| ConfigError::Admin {
+        field: field.into(),
+        reason,
+    };
+    if !raw.is_object() {
+        return Err(err(
+            "admin",
+            format!(
+                "must be an object like {{\"listen\": \"{}\"}}",
+                defaults::ADMIN_LISTEN
+            ),
+        ));
+    }
+    let raw: RawAdmin = serde_path_to_error::deserialize(raw).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." {
+            "admin".to_string()
+        } else {
+            format!("admin.{path}")
+        };
+        err(&field, e.into_inner().to_string())
+    })?;
+    let listen = raw.listen.as_deref().unwrap_or(defaults::ADMIN_LISTEN);
+    let listen = parse_listen(listen).map_err(|e| err("admin.listen", e))?;
+    Ok(AdminConfig { listen })
+}
+
+/// The admin API may not share a port with an app (same rule as between apps).
+fn check_admin_address(admin: &AdminConfig, apps: &[AppConfig]) -> Result<(), ConfigError> {
+    let addr = admin.listen;
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    for app in apps {
+        if let Some(other) = app
+            .addresses()
+            .into_iter()
+            .find(|a| a.port() == addr.port() && overlaps(a.ip(), addr.ip()))
+        {
+            return Err(ConfigError::Admin {
+                field: "admin.listen".into(),
+                reason: format!("{addr} is also claimed by app {:?} ({other})", app.name),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn check_unique(apps: &[AppConfig]) -> Result<(), ConfigError> {
@@ -612,6 +708,26 @@ mod tests {
             ),
             (r#"{"apps":[],"extra":1}"#, "unknown top-level key `extra`"),
             (
+                r#"{"apps":[],"admin":{"listen":"127.0.0.1:9901","port":1}}"#,
+                "admin.port: unknown field `port`, expected `listen`",
+            ),
+            (
+                r#"{"apps":[],"admin":{"listen":"localhost:9901"}}"#,
+                "admin.listen: `localhost:9901`: listen addresses must be IP literals",
+            ),
+            (
+                r#"{"apps":[],"admin":{"listen":9901}}"#,
+                "admin.listen: invalid type: integer `9901`, expected a string",
+            ),
+            (
+                r#"{"apps":[],"admin":"127.0.0.1:9901"}"#,
+                "admin: must be an object like {\"listen\": \"127.0.0.1:9901\"}",
+            ),
+            (
+                r#"{"apps":[{"name":"a","ports":[9901],"targets":["x:1"]}],"admin":{}}"#,
+                "admin.listen: 127.0.0.1:9901 is also claimed by app \"a\" (0.0.0.0:9901)",
+            ),
+            (
                 r#"{"apps":[{"name":"s","kind":"spec","listen":["127.0.0.1:0"],"grpc_listen":["127.0.0.1:0"]}]}"#,
                 "app \"s\": listen: 127.0.0.1:0 is listed twice",
             ),
@@ -675,6 +791,24 @@ mod tests {
         assert_eq!(s.max_streams, 5);
         assert!(s.drop_unauthorized);
         assert_eq!(c.apps[0].addresses().len(), 2);
+    }
+
+    #[test]
+    fn admin_is_optional_and_defaults_to_loopback() {
+        let none = v().parse(r#"{"apps":[]}"#).unwrap();
+        assert_eq!(none.admin, None);
+        let default = v().parse(r#"{"apps":[],"admin":{}}"#).unwrap();
+        assert_eq!(
+            default.admin.map(|a| a.listen),
+            Some("127.0.0.1:9901".parse().unwrap())
+        );
+        let set = v()
+            .parse(r#"{"apps":[{"name":"a","listen":["127.0.0.1:0"],"targets":["x:1"]}],"admin":{"listen":"[::1]:0"}}"#)
+            .unwrap();
+        assert_eq!(
+            set.admin.map(|a| a.listen),
+            Some("[::1]:0".parse().unwrap())
+        );
     }
 
     #[test]

@@ -140,12 +140,22 @@ impl Proxy {
 
     /// Runs `daemon` (built by the caller, e.g. with its own resolver) on `config`.
     pub async fn start_daemon(daemon: Daemon, config: &str) -> Proxy {
+        Self::start_watching(daemon, config, |w| w).await
+    }
+
+    /// Like [`Proxy::start_daemon`], with the file watcher adjusted by `watcher`
+    /// (a long debounce, say, so only explicit refreshes read the file).
+    pub async fn start_watching(
+        daemon: Daemon,
+        config: &str,
+        watcher: impl FnOnce(FileWatcher) -> FileWatcher,
+    ) -> Proxy {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.json");
         std::fs::write(&path, config).unwrap();
         let metrics = daemon.metrics();
         let mut events = daemon.events();
-        let sub = FileWatcher::new(&path)
+        let sub = watcher(FileWatcher::new(&path))
             .subscribe(daemon.validator())
             .expect("initial config is valid");
         let (stop, stopped) = oneshot::channel::<()>();
@@ -189,8 +199,31 @@ impl Proxy {
     pub async fn reload_ok(&mut self, config: &str) -> Applied {
         match self.reload(config).await {
             Event::Applied(a) => a,
+            Event::Unchanged(a) => panic!("reload was unchanged: {a:?}"),
             Event::Refused { error } => panic!("reload refused: {error}"),
         }
+    }
+
+    /// The admin API's bound address (the config must have an `admin` section).
+    pub fn admin(&self) -> SocketAddr {
+        self.first.admin.expect("the config has no admin section")
+    }
+
+    /// `GET path` on the admin API: status code and body.
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        admin_request(self.admin(), reqwest::Method::GET, path).await
+    }
+
+    /// `POST path` on the admin API: status code and body.
+    pub async fn admin_post(&self, path: &str) -> (u16, String) {
+        admin_request(self.admin(), reqwest::Method::POST, path).await
+    }
+
+    /// The admin API's `/metrics`, parsed.
+    pub async fn metrics(&self) -> Metrics {
+        let (code, body) = self.admin_get("/metrics").await;
+        assert_eq!(code, 200, "{body}");
+        Metrics::parse(&body)
     }
 
     /// Stops the daemon (drains) and waits for it.
@@ -225,4 +258,50 @@ pub fn app(name: &str, listen: &[&str], targets: &[SocketAddr], extra: &str) -> 
 
 pub fn config(apps: &[String]) -> String {
     format!(r#"{{"apps":[{}]}}"#, apps.join(","))
+}
+
+/// One request to an admin API, through a client independent of fproxy's own.
+pub async fn admin_request(addr: SocketAddr, method: reqwest::Method, path: &str) -> (u16, String) {
+    // reqwest is built without a TLS provider; plain HTTP still wants one installed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let resp = within(
+        path,
+        client
+            .request(method, format!("http://{addr}{path}"))
+            .send(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{path}: {e}"));
+    let code = resp.status().as_u16();
+    (code, resp.text().await.unwrap())
+}
+
+/// A parsed Prometheus scrape.
+pub struct Metrics(pub prometheus_parse::Scrape);
+
+impl Metrics {
+    pub fn parse(text: &str) -> Metrics {
+        let lines = text.lines().map(|l| Ok(l.to_string()));
+        Metrics(prometheus_parse::Scrape::parse(lines).expect("metrics parse"))
+    }
+
+    /// The value of the sample `name` whose labels include `labels`.
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.0
+            .samples
+            .iter()
+            .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .and_then(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => Some(v),
+                _ => None,
+            })
+    }
+
+    /// Like [`Metrics::get`], 0 for a series not there yet.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.get(name, labels).unwrap_or(0.0)
+    }
 }

@@ -1,0 +1,377 @@
+//! The admin HTTP/1.1 server: one task accepting, one per connection.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::{Method, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Serialize;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::status::{AppStatus, Status};
+use super::{ReloadAnswer, Request};
+use crate::metrics::Metrics;
+
+/// How long the daemon loop may take to answer a question about its state. It only
+/// blocks for the length of a rollout, so this is generous.
+const ANSWER_WAIT: Duration = Duration::from_secs(5);
+/// How long `POST /reload` waits for the source's next update.
+const RELOAD_WAIT: Duration = Duration::from_secs(10);
+/// A client that connects and sends no request within this is dropped.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause after an accept error that is about resources (EMFILE...), not the client.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
+/// The Prometheus content type of what [`Metrics::encode`] writes.
+const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// A bound admin socket, not serving yet (phase 1 of a rollout).
+#[derive(Debug)]
+pub(crate) struct StagedAdmin {
+    listener: std::net::TcpListener,
+}
+
+impl StagedAdmin {
+    /// Binds `addr`. Unlike app listeners there is no SO_REUSEPORT: a second daemon
+    /// on the same admin address must fail rather than silently share it.
+    pub(crate) fn bind(addr: SocketAddr) -> io::Result<StagedAdmin> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        // Restarting the daemon must not wait for old connections' TIME_WAIT.
+        socket.set_reuse_address(true)?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(true)?;
+        }
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(128)?;
+        Ok(StagedAdmin {
+            listener: socket.into(),
+        })
+    }
+
+    /// Starts serving (phase 2). Fails only if the runtime cannot register the socket.
+    pub(crate) fn start(
+        self,
+        requests: mpsc::Sender<Request>,
+        metrics: Arc<Metrics>,
+    ) -> io::Result<AdminServer> {
+        let listener = TcpListener::from_std(self.listener)?;
+        let local = listener.local_addr()?;
+        let stop = CancellationToken::new();
+        let ctx = Arc::new(Ctx { requests, metrics });
+        let task = tokio::spawn(accept_loop(listener, ctx, stop.clone()));
+        tracing::info!(addr = %local, "admin API listening");
+        Ok(AdminServer { local, stop, task })
+    }
+}
+
+/// A serving admin API.
+#[derive(Debug)]
+pub(crate) struct AdminServer {
+    local: SocketAddr,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl AdminServer {
+    /// The bound address.
+    pub(crate) fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Stops accepting and closes the socket. Connections carry on in the background
+    /// until their request in flight is answered (a reload that moved the admin
+    /// address still answers on the old one): waiting for them here would deadlock,
+    /// since their answers come from the daemon loop that calls this.
+    pub(crate) async fn stop(mut self) {
+        self.stop.cancel();
+        let _ = (&mut self.task).await;
+        tracing::info!(addr = %self.local, "admin API stopped");
+    }
+}
+
+impl Drop for AdminServer {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+struct Ctx {
+    requests: mpsc::Sender<Request>,
+    metrics: Arc<Metrics>,
+}
+
+async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, stop: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                tokio::spawn(serve(stream, ctx.clone(), stop.clone()));
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "admin accept failed");
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => {}
+                }
+            }
+        }
+    }
+}
+
+async fn serve(stream: TcpStream, ctx: Arc<Ctx>, stop: CancellationToken) {
+    let svc = hyper::service::service_fn(move |req| {
+        let ctx = ctx.clone();
+        async move { Ok::<_, Infallible>(route(&ctx, req).await) }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+type Resp = Response<Full<Bytes>>;
+
+async fn route(ctx: &Ctx, req: hyper::Request<Incoming>) -> Resp {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let allowed = match path.as_str() {
+        "/live" | "/ready" | "/status" | "/metrics" => "GET, HEAD",
+        "/reload" => "POST",
+        _ => {
+            return text(
+                StatusCode::NOT_FOUND,
+                "not found; endpoints: GET /live, /ready, /status, /metrics; POST /reload\n",
+            )
+        }
+    };
+    // hyper leaves the body out of HEAD answers itself.
+    match (&method, path.as_str()) {
+        (&Method::GET | &Method::HEAD, "/live") => live(ctx).await,
+        (&Method::GET | &Method::HEAD, "/ready") => ready(ctx).await,
+        (&Method::GET | &Method::HEAD, "/status") => status(ctx).await,
+        (&Method::GET | &Method::HEAD, "/metrics") => {
+            let mut r = Response::new(Full::new(Bytes::from(ctx.metrics.encode())));
+            r.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static(METRICS_CONTENT_TYPE));
+            r
+        }
+        (&Method::POST, "/reload") => reload(ctx).await,
+        _ => {
+            let mut r = text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &format!("{path} allows {allowed}\n"),
+            );
+            r.headers_mut()
+                .insert(ALLOW, HeaderValue::from_static(allowed));
+            r
+        }
+    }
+}
+
+/// Why the daemon loop gave no answer.
+enum NoAnswer {
+    Timeout,
+    Stopped,
+}
+
+impl NoAnswer {
+    fn response(&self, what: &str) -> Resp {
+        match self {
+            NoAnswer::Timeout => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("the daemon did not answer {what} within {ANSWER_WAIT:?}\n"),
+            ),
+            NoAnswer::Stopped => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the daemon is shutting down\n",
+            ),
+        }
+    }
+}
+
+/// Sends the daemon loop a request made with a fresh reply channel, and waits up to
+/// `wait` for the whole exchange.
+async fn ask<T>(
+    ctx: &Ctx,
+    wait: Duration,
+    make: impl FnOnce(oneshot::Sender<T>) -> Request,
+) -> Result<T, NoAnswer> {
+    let (tx, rx) = oneshot::channel();
+    let exchange = async {
+        ctx.requests
+            .send(make(tx))
+            .await
+            .map_err(|_| NoAnswer::Stopped)?;
+        rx.await.map_err(|_| NoAnswer::Stopped)
+    };
+    tokio::time::timeout(wait, exchange)
+        .await
+        .unwrap_or(Err(NoAnswer::Timeout))
+}
+
+async fn live(ctx: &Ctx) -> Resp {
+    match ask(ctx, ANSWER_WAIT, Request::Ping).await {
+        Ok(()) => text(StatusCode::OK, "live\n"),
+        Err(e) => e.response("a ping"),
+    }
+}
+
+async fn status(ctx: &Ctx) -> Resp {
+    match ask(ctx, ANSWER_WAIT, Request::Status).await {
+        Ok(s) => json(StatusCode::OK, &s),
+        Err(e) => e.response("a status request"),
+    }
+}
+
+/// The body of `/ready`.
+#[derive(Serialize)]
+struct Readiness<'a> {
+    ready: bool,
+    version: u64,
+    /// Why not ready, one line per app problem (empty when ready).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    problems: Vec<String>,
+    apps: Vec<AppReadiness<'a>>,
+}
+
+#[derive(Serialize)]
+struct AppReadiness<'a> {
+    name: &'a str,
+    kind: &'a str,
+    ready: bool,
+}
+
+async fn ready(ctx: &Ctx) -> Resp {
+    let status = match ask(ctx, ANSWER_WAIT, Request::Status).await {
+        Ok(s) => s,
+        Err(e) => return e.response("a status request"),
+    };
+    let body = Readiness {
+        ready: status.ready,
+        version: status.version,
+        problems: if status.ready {
+            Vec::new()
+        } else {
+            not_ready_reasons(&status)
+        },
+        apps: status
+            .apps
+            .iter()
+            .map(|a| AppReadiness {
+                name: &a.name,
+                kind: &a.kind,
+                ready: a.ready,
+            })
+            .collect(),
+    };
+    let code = if status.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json(code, &body)
+}
+
+/// One line per reason the daemon is not ready, naming the app (and the key).
+fn not_ready_reasons(status: &Status) -> Vec<String> {
+    if status.version == 0 {
+        return vec!["no config has been applied yet".into()];
+    }
+    let mut out = Vec::new();
+    for app in status.apps.iter().filter(|a| !a.ready) {
+        let before = out.len();
+        app_reasons(app, &mut out);
+        if out.len() == before {
+            out.push(format!("app {:?}: not ready", app.name));
+        }
+    }
+    out
+}
+
+fn app_reasons(app: &AppStatus, out: &mut Vec<String>) {
+    // Spec problems are per key: name the (masked) key.
+    if let Some(spec) = &app.spec {
+        for k in &spec.keys {
+            if let Some(p) = &k.problem {
+                out.push(format!("app {:?}: key {}: {p}", app.name, k.key));
+            }
+        }
+        return;
+    }
+    for p in &app.problems {
+        out.push(format!("app {:?}: {p}", app.name));
+    }
+}
+
+async fn reload(ctx: &Ctx) -> Resp {
+    match ask(ctx, RELOAD_WAIT, Request::Reload).await {
+        Ok(ReloadAnswer::Done(r)) => {
+            let code = if r.result == "refused" {
+                StatusCode::UNPROCESSABLE_ENTITY
+            } else {
+                StatusCode::OK
+            };
+            json(code, &r)
+        }
+        Ok(ReloadAnswer::Unsupported(why)) => {
+            text(StatusCode::NOT_IMPLEMENTED, &format!("{why}\n"))
+        }
+        Err(NoAnswer::Timeout) => text(
+            StatusCode::GATEWAY_TIMEOUT,
+            &format!("no config update arrived within {RELOAD_WAIT:?}\n"),
+        ),
+        Err(e @ NoAnswer::Stopped) => e.response("the reload"),
+    }
+}
+
+fn text(code: StatusCode, body: &str) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = code;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn json(code: StatusCode, body: &impl Serialize) -> Resp {
+    match serde_json::to_vec_pretty(body) {
+        Ok(mut bytes) => {
+            bytes.push(b'\n');
+            let mut r = Response::new(Full::new(Bytes::from(bytes)));
+            *r.status_mut() = code;
+            r.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            r
+        }
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("cannot encode the answer: {e}\n"),
+        ),
+    }
+}
