@@ -49,6 +49,30 @@ async fn is_leader(p: &Proxy) -> bool {
     ready_json(p).await["cache"]["leader"] == true
 }
 
+/// A StreamConfigSpec stream for KEY from `p`'s gRPC listener (on 127.0.0.2).
+async fn stream_from(
+    p: &Proxy,
+    since_time: Option<u64>,
+) -> tonic::Streaming<fproxy::spec::grpc::proto::ConfigSpecResponse> {
+    let grpc = *p.first.listeners["spec"]
+        .iter()
+        .find(|a| a.ip().to_string() == "127.0.0.2")
+        .unwrap();
+    let mut client = StatsigForwardProxyClient::connect(format!("http://{grpc}"))
+        .await
+        .unwrap();
+    client
+        .stream_config_spec(ConfigSpecRequest {
+            sdk_key: KEY.into(),
+            since_time,
+            version: None,
+            zstd_dict_id: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 fn hash_key() -> String {
     format!(
         "statsig|/v1/download_config_specs|plain_text|{}",
@@ -245,30 +269,13 @@ async fn a_restarted_instance_streams_the_update_it_missed() {
     redis_has(&redis, 2).await;
     up.fail_with(Some(503));
     let b = Proxy::start(&instance(&up, &redis, "b", "")).await;
-    let grpc = *b.first.listeners["spec"]
-        .iter()
-        .find(|a| a.ip().to_string() == "127.0.0.2")
-        .unwrap();
-    let mut client = StatsigForwardProxyClient::connect(format!("http://{grpc}"))
-        .await
-        .unwrap();
-    let mut stream = client
-        .stream_config_spec(ConfigSpecRequest {
-            sdk_key: KEY.into(),
-            since_time: Some(1),
-            version: None,
-            zstd_dict_id: None,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = stream_from(&b, Some(1)).await;
     let first = within("first message", stream.message())
         .await
         .unwrap()
         .unwrap();
     assert_eq!(first.last_updated, 2);
     drop(stream);
-    drop(client);
     b.stop().await;
     a.stop().await;
 }
@@ -305,23 +312,7 @@ async fn leadership_redis_operations_and_propagation_are_measured() {
 
     // An update reaches a stream on the follower through Redis, and is timed there.
     let follower = if leader == 0 { &b } else { &a };
-    let grpc = *follower.first.listeners["spec"]
-        .iter()
-        .find(|a| a.ip().to_string() == "127.0.0.2")
-        .unwrap();
-    let mut client = StatsigForwardProxyClient::connect(format!("http://{grpc}"))
-        .await
-        .unwrap();
-    let mut stream = client
-        .stream_config_spec(ConfigSpecRequest {
-            sdk_key: KEY.into(),
-            since_time: None,
-            version: None,
-            zstd_dict_id: None,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = stream_from(follower, None).await;
     within("first message", stream.message())
         .await
         .unwrap()
@@ -341,7 +332,6 @@ async fn leadership_redis_operations_and_propagation_are_measured() {
     .await;
     assert!(!mf.encode().contains(KEY) && !ml.encode().contains(KEY));
     drop(stream);
-    drop(client);
     a.stop().await;
     b.stop().await;
 }

@@ -241,19 +241,7 @@ impl App for SpecApp {
                 leader: r.cache.leader,
                 cache_error: r.cache.error,
                 streams: self.shared.streams.load(Ordering::Relaxed),
-                keys: r
-                    .keys
-                    .into_iter()
-                    .map(|k| KeyStatus {
-                        key: k.key,
-                        warm: k.warm,
-                        lcut: k.lcut,
-                        age_ms: k.age_ms,
-                        upstream: k.upstream,
-                        streams: k.streams,
-                        problem: k.problem,
-                    })
-                    .collect(),
+                keys: r.keys,
             }),
         }
     }
@@ -447,7 +435,7 @@ pub struct Readiness {
     /// The shared cache's state; its outages do not make the app unready (it serves
     /// from memory) but are reported here.
     pub cache: CacheReport,
-    pub keys: Vec<KeyReport>,
+    pub keys: Vec<KeyStatus>,
 }
 
 #[derive(Debug, Serialize)]
@@ -456,21 +444,6 @@ pub struct CacheReport {
     pub connected: bool,
     pub leader: bool,
     pub error: Option<String>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct KeyReport {
-    /// The SDK key, masked.
-    pub key: String,
-    pub warm: bool,
-    pub lcut: Option<u64>,
-    /// Milliseconds since the last successful upstream check.
-    pub age_ms: Option<u64>,
-    pub upstream: String,
-    /// gRPC streams following this key.
-    pub streams: usize,
-    /// Why this key keeps the app from being ready, if it does.
-    pub problem: Option<String>,
 }
 
 /// Ready when every warm key has data and no key's data is older than the
@@ -485,7 +458,7 @@ pub(crate) fn readiness(shared: &Shared, check_staleness: bool) -> Readiness {
     for key in &warm {
         if !entries.iter().any(|e| &e.key == key) {
             ready = false;
-            keys.push(KeyReport {
+            keys.push(KeyStatus {
                 key: key.masked(),
                 warm: true,
                 lcut: None,
@@ -514,7 +487,7 @@ pub(crate) fn readiness(shared: &Shared, check_staleness: bool) -> Readiness {
             _ => None,
         };
         ready &= problem.is_none();
-        keys.push(KeyReport {
+        keys.push(KeyStatus {
             key: e.key.masked(),
             warm: is_warm,
             lcut: spec.map(|s| s.lcut),
