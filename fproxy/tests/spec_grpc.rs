@@ -5,7 +5,6 @@ mod common;
 use common::upstream::*;
 use common::*;
 use fproxy::spec::grpc::proto::statsig_forward_proxy_client::StatsigForwardProxyClient;
-use fproxy::spec::grpc::proto::ConfigSpecRequest;
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -19,15 +18,6 @@ async fn connect(p: &Proxy) -> StatsigForwardProxyClient<Channel> {
     StatsigForwardProxyClient::connect(format!("http://{}", p.addr("spec")))
         .await
         .unwrap()
-}
-
-fn req(key: &str) -> ConfigSpecRequest {
-    ConfigSpecRequest {
-        sdk_key: key.into(),
-        since_time: Some(0),
-        version: None,
-        zstd_dict_id: None,
-    }
 }
 
 #[tokio::test]

@@ -11,7 +11,6 @@ use fproxy::app::App;
 use fproxy::listener::Bound;
 use fproxy::metrics::Metrics;
 use fproxy::spec::grpc::proto::statsig_forward_proxy_client::StatsigForwardProxyClient;
-use fproxy::spec::grpc::proto::ConfigSpecRequest;
 use fproxy::spec::store::{Api, Key};
 use fproxy::spec::SpecApp;
 use fproxy::{Registry, Validator};
@@ -34,15 +33,6 @@ fn grpc_app(upstream: &str, extra: &str) -> String {
     format!(
         r#"{{"apps":[{{"name":"spec","kind":"spec","grpc_listen":["127.0.0.1:0"],"upstream":"{upstream}"{extra}}}]}}"#
     )
-}
-
-fn req(key: &str) -> ConfigSpecRequest {
-    ConfigSpecRequest {
-        sdk_key: key.into(),
-        since_time: Some(0),
-        version: None,
-        zstd_dict_id: None,
-    }
 }
 
 async fn grpc_client(addr: std::net::SocketAddr) -> StatsigForwardProxyClient<Channel> {

@@ -192,3 +192,13 @@ pub async fn start_with_metrics(config: &str) -> (Proxy, Arc<Metrics>) {
     let metrics = proxy.metrics.clone();
     (proxy, metrics)
 }
+
+/// A gRPC spec request for `key`, asking for everything (since_time 0).
+pub fn req(key: &str) -> fproxy::spec::grpc::proto::ConfigSpecRequest {
+    fproxy::spec::grpc::proto::ConfigSpecRequest {
+        sdk_key: key.into(),
+        since_time: Some(0),
+        version: None,
+        zstd_dict_id: None,
+    }
+}
