@@ -201,3 +201,29 @@ async fn a_dead_address_is_ejected_alone_and_no_client_fails() {
     assert_eq!(failed, 1.0);
     proxy.stop().await;
 }
+
+/// The first answer for a name is part of the first config, not a new target: its
+/// addresses start healthy even with `new_targets_healthy: false`.
+#[tokio::test]
+async fn first_answer_addresses_start_healthy() {
+    let (port, _a, _b) = two_hosts().await;
+    let table = Arc::new(Mutex::new(vec![A_IP]));
+    let proxy = start(&table, port, r#","new_targets_healthy":false"#).await;
+    let a = format!("{A_IP}:{port}");
+    within("the name to resolve", async {
+        while proxy
+            .scrape()
+            .get("fproxy_tcp_endpoint_healthy", &[("address", &a)])
+            .is_none()
+        {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    let m = proxy.scrape();
+    assert_eq!(
+        m.get("fproxy_tcp_endpoint_healthy", &[("address", &a)]),
+        Some(1.0)
+    );
+    proxy.stop().await;
+}

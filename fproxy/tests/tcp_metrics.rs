@@ -171,3 +171,34 @@ async fn a_removed_target_takes_its_series_with_it() {
         .is_some());
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn a_weight_change_keeps_the_endpoint_series() {
+    let a = echo_backend("127.0.0.1:0").await;
+    let weighted = |w: u32| {
+        format!(
+            r#"{{"apps":[{{"name":"m","listen":["127.0.0.1:0"],"targets":[{{"address":"{a}","weight":{w}}}]}}]}}"#
+        )
+    };
+    let mut proxy = Proxy::start(&weighted(1)).await;
+    let addr = a.to_string();
+    let healthy = |p: &Proxy| {
+        p.scrape()
+            .get("fproxy_tcp_endpoint_healthy", &[("address", &addr)])
+    };
+    assert_eq!(healthy(&proxy), Some(1.0));
+    let listen = proxy.first.listeners["m"][0].to_string();
+    proxy
+        .reload_ok(&weighted(2).replace("127.0.0.1:0", &listen))
+        .await;
+    // The new slot writes to the same series; retiring the old one must not drop it.
+    assert_eq!(healthy(&proxy), Some(1.0));
+    ping(proxy.addr("m"), b"hi").await.unwrap();
+    assert_eq!(
+        proxy
+            .scrape()
+            .value("fproxy_tcp_target_connections_total", &[("target", &addr)]),
+        1.0
+    );
+    proxy.stop().await;
+}

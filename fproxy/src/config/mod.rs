@@ -265,7 +265,7 @@ impl Validator {
                 ConfigError::Field {
                     app: label.clone(),
                     field: if path == "." { "-".into() } else { path },
-                    reason: e.into_inner().to_string(),
+                    reason: scrub_values(&e.into_inner().to_string()),
                 }
             })?;
             out.push(self.validate_app(raw, &label)?);
@@ -402,7 +402,7 @@ fn parse_admin(raw: serde_json::Value) -> Result<AdminConfig, ConfigError> {
         } else {
             format!("admin.{path}")
         };
-        err(&field, e.into_inner().to_string())
+        err(&field, scrub_values(&e.into_inner().to_string()))
     })?;
     let listen = raw.listen.as_deref().unwrap_or(defaults::ADMIN_LISTEN);
     let listen = parse_listen(listen).map_err(|e| err("admin.listen", e))?;
@@ -466,6 +466,31 @@ fn overlaps(a: IpAddr, b: IpAddr) -> bool {
 }
 
 /// serde_json appends " at line L column C"; we report those as fields instead.
+/// Masks the string values serde quotes in type errors (`invalid type: string
+/// "secret-...", expected a sequence`): a mistyped field may hold an SDK key or a
+/// Redis URL with its password, and this message is logged and served by `/status`.
+fn scrub_values(msg: &str) -> String {
+    const OPEN: &str = "string \"";
+    let mut out = String::with_capacity(msg.len());
+    let mut rest = msg;
+    while let Some(i) = rest.find(OPEN) {
+        let (head, tail) = rest.split_at(i + OPEN.len());
+        out.push_str(head);
+        match tail.find('"') {
+            Some(end) => {
+                out.push_str(&crate::spec::store::mask(&tail[..end]));
+                rest = &tail[end..];
+            }
+            None => {
+                out.push_str(&crate::spec::store::mask(tail));
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 fn strip_position(msg: &str) -> String {
     match msg.rfind(" at line ") {
         Some(i) => msg[..i].to_string(),
@@ -669,6 +694,25 @@ mod tests {
             ),
             "{e:?}"
         );
+    }
+
+    #[test]
+    fn type_errors_do_not_repeat_secrets() {
+        let key = "secret-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+        let v = Validator::new(["p2c"]);
+        let json = format!(
+            r#"{{"apps":[{{"name":"s","kind":"spec","listen":["127.0.0.1:0"],"upstream":"http://u","warm_keys":"{key}"}}]}}"#
+        );
+        let e = v.parse(&json).unwrap_err().to_string();
+        assert!(
+            e.contains("warm_keys") && e.contains("expected a sequence"),
+            "{e}"
+        );
+        assert!(!e.contains(key), "{e}");
+        let json = r#"{"apps":[{"name":"s","kind":"spec","listen":["127.0.0.1:0"],"upstream":"http://u","cache":"redis://:hunter2@h:1"}]}"#;
+        let e = v.parse(json).unwrap_err().to_string();
+        assert!(e.contains("cache") && e.contains("invalid type"), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
     }
 
     #[test]

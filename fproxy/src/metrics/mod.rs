@@ -13,7 +13,9 @@
 pub mod spec;
 pub mod tcp;
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::Mutex;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -81,6 +83,10 @@ pub struct Metrics {
     pub daemon: DaemonMetrics,
     pub tcp: tcp::TcpMetrics,
     pub spec: spec::SpecMetrics,
+    /// Running instances per app name. An app removed and re-added while the old
+    /// instance drains shares its labels with the new one, so only the last to go
+    /// may remove them.
+    owners: Mutex<HashMap<String, usize>>,
 }
 
 impl fmt::Debug for Metrics {
@@ -142,6 +148,30 @@ impl Metrics {
             daemon,
             tcp,
             spec,
+            owners: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// An app instance of `kind` named `app` starts writing series.
+    pub fn claim_app(&self, kind: &str, app: &str) {
+        let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
+        *owners.entry(format!("{kind}/{app}")).or_default() += 1;
+    }
+
+    /// An app instance of `kind` named `app` is gone. True when it was the last
+    /// one, so its series may be removed.
+    pub fn release_app(&self, kind: &str, app: &str) -> bool {
+        let key = format!("{kind}/{app}");
+        let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
+        match owners.get_mut(&key) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            _ => {
+                owners.remove(&key);
+                true
+            }
         }
     }
 
@@ -160,4 +190,27 @@ pub fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_last_instance_of_an_app_may_remove_its_series() {
+        let m = Metrics::new();
+        m.claim_app("tcp", "a");
+        // Removed, then re-added while the first instance still drains.
+        m.claim_app("tcp", "a");
+        // A spec app of the same name is counted apart.
+        m.claim_app("spec", "a");
+        assert!(
+            !m.release_app("tcp", "a"),
+            "the re-added instance still runs"
+        );
+        assert!(m.release_app("tcp", "a"));
+        assert!(m.release_app("spec", "a"));
+        // Releasing what was never claimed (an embedder's hand-built app) removes.
+        assert!(m.release_app("tcp", "b"));
+    }
 }

@@ -98,6 +98,16 @@ impl Route {
         };
         // A first config's endpoints start healthy; later ones as configured.
         let fresh_healthy = previous.is_none() || config.new_targets_healthy;
+        // The first answer for a name replaces its unresolved stand-in, whose verdict
+        // its addresses inherit: they are not "new" targets.
+        let placeholder_health = |target: &Target| {
+            previous.and_then(|p| {
+                p.states
+                    .iter()
+                    .find(|s| s.target == *target && s.addr.is_none())
+                    .map(|s| s.is_healthy())
+            })
+        };
         let mut targets: Vec<Arc<TargetSlot>> = Vec::with_capacity(config.targets.len());
         for (target, &weight) in config.targets.iter().zip(&config.weights) {
             let addrs: Vec<Option<SocketAddr>> = match target {
@@ -123,13 +133,14 @@ impl Route {
                     s.state.target == *target && s.state.weight == weight && s.state.addr == addr
                 })
                 .unwrap_or_else(|| {
-                    let state = TargetState::endpoint(target.clone(), addr, weight, fresh_healthy);
+                    let healthy = placeholder_health(target).unwrap_or(fresh_healthy);
+                    let state = TargetState::endpoint(target.clone(), addr, weight, healthy);
                     let health = metrics.tcp.endpoint(
                         &app.name,
                         &target.to_string(),
                         &TargetSlot::address_label(addr),
                     );
-                    health.healthy.set(i64::from(fresh_healthy));
+                    health.healthy.set(i64::from(healthy));
                     Arc::new(TargetSlot {
                         state: Arc::new(state),
                         retired: CancellationToken::new(),
@@ -204,8 +215,8 @@ impl Shared {
             &self.metrics,
         ));
         self.route.store(route.clone());
-        drop(names);
         self.retire_left(&old, &route);
+        drop(names);
         route
     }
 
@@ -220,11 +231,19 @@ impl Shared {
                 continue;
             }
             let target = slot.state.target.to_string();
-            self.metrics.tcp.remove_endpoint(
-                app,
-                &target,
-                &TargetSlot::address_label(slot.state.addr),
-            );
+            // A slot replaced by one for the same address (its weight changed)
+            // shares its series: they stay.
+            let same_endpoint = new
+                .states
+                .iter()
+                .any(|s| s.target == slot.state.target && s.addr == slot.state.addr);
+            if !same_endpoint {
+                self.metrics.tcp.remove_endpoint(
+                    app,
+                    &target,
+                    &TargetSlot::address_label(slot.state.addr),
+                );
+            }
             if new.config.targets.contains(&slot.state.target) {
                 continue;
             }
@@ -261,6 +280,7 @@ impl TcpApp {
         resolver: Resolver,
         metrics: Arc<Metrics>,
     ) -> TcpApp {
+        metrics.claim_app("tcp", &config.name);
         let route = Route::build(config.clone(), &registry, None, &Resolved::new(), &metrics);
         let shared = Arc::new(Shared {
             route: ArcSwap::from_pointee(route),
@@ -366,7 +386,11 @@ impl App for TcpApp {
                 &self.shared.force_close,
             )
             .await;
-            // Its series go with it; a re-added app starts from zero.
+            // Its series go with it (unless a new instance of the same name runs);
+            // a re-added app starts from zero.
+            if !self.shared.metrics.release_app("tcp", &config.name) {
+                return;
+            }
             let (metrics, route) = (&self.shared.metrics.tcp, self.shared.route.load());
             for slot in &route.targets {
                 let target = slot.state.target.to_string();

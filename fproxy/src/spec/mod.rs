@@ -146,6 +146,7 @@ pub struct SpecApp {
 impl SpecApp {
     pub fn start(app: Arc<AppConfig>, bound: BoundSet, metrics: Arc<Metrics>) -> SpecApp {
         let settings = Settings::new(spec_config(&app), None, || metrics.spec.redis(&app.name));
+        metrics.claim_app("spec", &app.name);
         let stats = metrics.spec.app(&app.name);
         let shared = Arc::new(Shared {
             app: ArcSwap::new(app),
@@ -284,9 +285,12 @@ impl App for SpecApp {
                 &shared.force_close,
             )
             .await;
-            // Its series go with it; a re-added app starts from zero.
-            shared.store.forget_all_series();
-            shared.metrics.spec.remove_app(&shared.name());
+            // Its series go with it (unless a new instance of the same name runs);
+            // a re-added app starts from zero.
+            if shared.metrics.release_app("spec", &shared.name()) {
+                shared.store.forget_all_series();
+                shared.metrics.spec.remove_app(&shared.name());
+            }
         })
     }
 }

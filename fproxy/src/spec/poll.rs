@@ -129,7 +129,12 @@ async fn sync_from_cache(cache: &RedisCache, entry: &Entry, leader_alive: bool) 
 pub async fn lead(shared: Arc<Shared>, cache: Arc<RedisCache>, stop: CancellationToken) {
     let period = cache.config().leader_ttl / 3;
     loop {
-        let (me, _) = cache.elect().await;
+        // A reload that drops this cache cancels `stop` and resigns; an election
+        // step finishing after that would take leadership (and the gauge) back.
+        let (me, _) = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = cache.elect() => r,
+        };
         if me {
             // Poll keys followers registered as soon as we lead.
             shared.reconfigured.notify_one();
