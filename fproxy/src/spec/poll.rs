@@ -27,6 +27,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// with upstream down), and only the leader writes what upstream sends.
 pub async fn fetch(shared: Arc<Shared>, entry: Arc<Entry>) {
     let settings = shared.settings.load_full();
+    if let (Some(cache), None) = (settings.cache(), entry.spec()) {
+        cache.first_attempt().await;
+    }
     let cache = settings.cache().filter(|c| c.is_connected()).cloned();
     if let (Some(cache), None) = (&cache, entry.spec()) {
         if !cache.is_leader() {

@@ -76,6 +76,8 @@ pub struct RedisCache {
     leader: AtomicBool,
     /// Last failure, for readiness reports (`None` when fine).
     error: Mutex<Option<String>>,
+    /// True once the first connection attempt has finished, whatever its outcome.
+    attempted: tokio::sync::watch::Sender<bool>,
     metrics: RedisHandles,
 }
 
@@ -102,6 +104,7 @@ impl RedisCache {
             conn: ArcSwapOption::empty(),
             leader: AtomicBool::new(false),
             error: Mutex::new(Some("connecting".into())),
+            attempted: tokio::sync::watch::channel(false).0,
             metrics,
         })
     }
@@ -123,6 +126,15 @@ impl RedisCache {
 
     pub fn is_connected(&self) -> bool {
         self.conn.load().is_some()
+    }
+
+    /// Waits, at most the connect timeout, for the first connection attempt to end.
+    /// A request that arrives while the instance is still connecting then reads
+    /// Redis before asking upstream, which is what a cold start with upstream down
+    /// relies on.
+    pub async fn first_attempt(&self) {
+        let mut done = self.attempted.subscribe();
+        let _ = tokio::time::timeout(self.cfg.connect_timeout, done.wait_for(|d| *d)).await;
     }
 
     /// `None` when the last operation worked, else why it did not.
@@ -169,11 +181,13 @@ impl RedisCache {
                 Ok(c) => {
                     tracing::info!(url = %redact_url(&self.cfg.url), "redis connected");
                     self.conn.store(Some(Arc::new(c)));
+                    self.attempted.send_replace(true);
                     return;
                 }
                 Err(e) => {
                     // Counted above already.
                     let _ = self.remember::<()>(Err(e));
+                    self.attempted.send_replace(true);
                 }
             }
             tokio::select! {
