@@ -186,11 +186,12 @@ async fn zero_downtime_under_reload_storm() {
         echo_backend("127.0.0.1:0").await,
         echo_backend("127.0.0.1:0").await,
     ];
-    let main_port = format!("127.0.0.1:{}", free_port());
-    let extra: Vec<String> = (0..3)
-        .map(|_| format!("127.0.0.1:{}", free_port()))
-        .collect();
-    let side = format!("127.0.0.1:{}", free_port());
+    // Listeners come and go 60 times: each on a loopback address of its own, so no
+    // outgoing connection of this or another test can take a port meanwhile.
+    let on = |ip: [u8; 4]| format!("{}:{}", std::net::Ipv4Addr::from(ip), free_port_on(ip));
+    let main_port = on([127, 0, 0, 20]);
+    let extra: Vec<String> = (21..24).map(|i| on([127, 0, 0, i])).collect();
+    let side = on([127, 0, 0, 24]);
 
     let version = |i: usize| {
         let targets = match i % 3 {

@@ -29,7 +29,14 @@ pub async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {
 
 /// A port nothing listens on (bound then released).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
+    free_port_on([127, 0, 0, 1])
+}
+
+/// A port nothing listens on at `ip`. Listeners a test binds again and again belong
+/// on a loopback address of their own (127.0.0.20 and up): on 127.0.0.1 a released
+/// port can be taken meanwhile as the local port of some outgoing connection.
+pub fn free_port_on(ip: [u8; 4]) -> u16 {
+    std::net::TcpListener::bind((std::net::Ipv4Addr::from(ip), 0))
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("bind an ephemeral port")
