@@ -37,6 +37,27 @@ pub trait Handler: Send + Sync + 'static {
 pub type BoundSet = Vec<(SocketAddr, Bound)>;
 
 /// A bound, listening socket whose connections queue until [`Bound::start`].
+/// A non-blocking listening socket on `addr`, with SO_REUSEADDR (a restart need not
+/// wait for old connections in TIME_WAIT). `share_port` adds SO_REUSEPORT, for
+/// listeners that must coexist with the ones they replace; without it a second
+/// process on the same address fails instead of silently splitting the traffic.
+pub fn bind_socket(addr: SocketAddr, share_port: bool) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if share_port {
+        socket.set_reuse_port(true)?;
+    }
+    if addr.is_ipv6() {
+        // `[::]:p` and `0.0.0.0:p` are separate listeners; dual-stack would make
+        // the second bind collide with the first.
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(socket.into())
+}
+
 #[derive(Debug)]
 pub struct Bound {
     listener: TcpListener,
@@ -49,18 +70,7 @@ pub struct Bound {
 impl Bound {
     /// Binds `addr` so it can share the address with sockets it is replacing.
     pub fn bind(addr: SocketAddr) -> io::Result<Bound> {
-        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-        socket.set_reuse_address(true)?;
-        socket.set_reuse_port(true)?;
-        if addr.is_ipv6() {
-            // `[::]:p` and `0.0.0.0:p` are separate listeners; dual-stack would make
-            // the second bind collide with the first.
-            socket.set_only_v6(true)?;
-        }
-        socket.set_nonblocking(true)?;
-        socket.bind(&addr.into())?;
-        socket.listen(BACKLOG)?;
-        let listener = TcpListener::from_std(socket.into())?;
+        let listener = TcpListener::from_std(bind_socket(addr, true)?)?;
         let local = listener.local_addr()?;
         Ok(Bound {
             listener,

@@ -13,7 +13,6 @@ use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
 use hyper::{Method, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
-use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -46,17 +45,8 @@ impl StagedAdmin {
     /// Binds `addr`. Unlike app listeners there is no SO_REUSEPORT: a second daemon
     /// on the same admin address must fail rather than silently share it.
     pub(crate) fn bind(addr: SocketAddr) -> io::Result<StagedAdmin> {
-        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-        // Restarting the daemon must not wait for old connections' TIME_WAIT.
-        socket.set_reuse_address(true)?;
-        if addr.is_ipv6() {
-            socket.set_only_v6(true)?;
-        }
-        socket.set_nonblocking(true)?;
-        socket.bind(&addr.into())?;
-        socket.listen(128)?;
         Ok(StagedAdmin {
-            listener: socket.into(),
+            listener: crate::listener::bind_socket(addr, false)?,
         })
     }
 

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
@@ -52,8 +51,6 @@ pub struct Args {
     pub id: Vec<String>,
 }
 
-/// Accept queue length: room for a load generator's burst of new connections.
-const BACKLOG: i32 = 4096;
 /// Copy buffer per connection: big enough for bulk echo, small enough for many.
 const BUF_SIZE: usize = 16 * 1024;
 /// Pause after an accept error that is about resources (EMFILE...), not one client.
@@ -209,20 +206,10 @@ fn check_unique(bound: &[(String, Vec<(SocketAddr, TcpListener)>)]) -> anyhow::R
     Ok(())
 }
 
-/// SO_REUSEADDR so a restarted backend can rebind while old connections sit in
-/// TIME_WAIT; no SO_REUSEPORT, so a second `ftest echo` on the same port is an error
-/// rather than a silent split of the traffic.
+/// No SO_REUSEPORT: a second `ftest echo` on the same port is an error rather than a
+/// silent split of the traffic.
 pub(crate) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    if addr.is_ipv6() {
-        // Keep [::]:p and 0.0.0.0:p separate backends.
-        socket.set_only_v6(true)?;
-    }
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(BACKLOG)?;
-    TcpListener::from_std(socket.into())
+    TcpListener::from_std(fproxy::listener::bind_socket(addr, false)?)
 }
 
 async fn accept_loop(listener: TcpListener, answer: Arc<[u8]>, stats: Arc<Stats>) {
