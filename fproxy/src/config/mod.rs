@@ -697,6 +697,22 @@ mod tests {
     }
 
     #[test]
+    fn dns_settings_are_checked() {
+        let v = Validator::new(["p2c"]);
+        let cfg = |dns: &str| {
+            format!(r#"{{"apps":[{{"name":"a","ports":[1],"targets":["db:1"],"dns":{dns}}}]}}"#)
+        };
+        let e = v.parse(&cfg(r#"{"family":"v5"}"#)).unwrap_err().to_string();
+        assert!(e.contains("dns.family") && e.contains("prefer_ipv4"), "{e}");
+        let e = v
+            .parse(&cfg(r#"{"min_ttl":"1m","max_ttl":"1s"}"#))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("dns.max_ttl"), "{e}");
+        assert!(v.parse(&cfg(r#"{"family":"prefer-ipv6"}"#)).is_ok());
+    }
+
+    #[test]
     fn type_errors_do_not_repeat_secrets() {
         let key = "secret-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
         let v = Validator::new(["p2c"]);

@@ -60,13 +60,59 @@ pub struct Passive {
     pub max_ejected_percent: u32,
 }
 
-/// How often target names are resolved again in the background.
+/// How target names are resolved in the background.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DnsRefresh {
     /// The record's TTL is raised to at least this ...
     pub min_ttl: Duration,
     /// ... and lowered to at most this.
     pub max_ttl: Duration,
+    /// Which of a name's addresses become endpoints.
+    pub family: Family,
+}
+
+/// Which addresses of a name become endpoints. Many backends listen on one family
+/// only (a `localhost` service on 127.0.0.1, a container on 0.0.0.0), while names
+/// often resolve to both; an endpoint per family would send a share of connections
+/// to an address that refuses them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// The IPv4 addresses, or the IPv6 ones when there are none (the default).
+    PreferIpv4,
+    /// The IPv6 addresses, or the IPv4 ones when there are none.
+    PreferIpv6,
+    /// Every address, both families.
+    All,
+}
+
+impl Family {
+    fn parse(s: &str) -> Option<Family> {
+        match s {
+            "prefer_ipv4" => Some(Family::PreferIpv4),
+            "prefer_ipv6" => Some(Family::PreferIpv6),
+            "all" => Some(Family::All),
+            _ => None,
+        }
+    }
+
+    /// The addresses of `addrs` this family keeps.
+    pub fn select(self, addrs: Vec<SocketAddr>) -> Vec<SocketAddr> {
+        let want_v4 = match self {
+            Family::All => return addrs,
+            Family::PreferIpv4 => true,
+            Family::PreferIpv6 => false,
+        };
+        let preferred: Vec<SocketAddr> = addrs
+            .iter()
+            .copied()
+            .filter(|a| a.is_ipv4() == want_v4)
+            .collect();
+        if preferred.is_empty() {
+            addrs
+        } else {
+            preferred
+        }
+    }
 }
 
 /// A validated TCP app's routing and limits.
@@ -157,9 +203,19 @@ impl TcpConfig {
         };
         let new_targets_healthy = raw.new_targets_healthy.take().unwrap_or(true);
         let raw_dns = raw.dns.take().unwrap_or_default();
+        let family = match raw_dns.family.as_deref() {
+            None => Family::PreferIpv4,
+            Some(name) => Family::parse(&name.replace('-', "_")).ok_or_else(|| {
+                f.err(
+                    "dns.family",
+                    format!("unknown family {name:?} (known: prefer_ipv4, prefer_ipv6, all)"),
+                )
+            })?,
+        };
         let dns = DnsRefresh {
             min_ttl: f.duration("dns.min_ttl", raw_dns.min_ttl, defaults::DNS_MIN_TTL)?,
             max_ttl: f.duration("dns.max_ttl", raw_dns.max_ttl, defaults::DNS_MAX_TTL)?,
+            family,
         };
         if dns.max_ttl < dns.min_ttl {
             return Err(f.err("dns.max_ttl", "must be at least dns.min_ttl"));
@@ -258,6 +314,7 @@ pub(crate) struct RawHealthCheck {
 pub(crate) struct RawDns {
     min_ttl: Option<String>,
     max_ttl: Option<String>,
+    family: Option<String>,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -327,4 +384,21 @@ fn is_valid_hostname(host: &str) -> bool {
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Family;
+    use std::net::SocketAddr;
+
+    #[test]
+    fn family_prefers_one_and_falls_back_to_the_other() {
+        let v4: SocketAddr = "127.0.0.1:80".parse().unwrap();
+        let v6: SocketAddr = "[::1]:80".parse().unwrap();
+        assert_eq!(Family::PreferIpv4.select(vec![v6, v4]), [v4]);
+        assert_eq!(Family::PreferIpv6.select(vec![v6, v4]), [v6]);
+        assert_eq!(Family::PreferIpv4.select(vec![v6]), [v6]);
+        assert_eq!(Family::PreferIpv6.select(vec![v4]), [v4]);
+        assert_eq!(Family::All.select(vec![v6, v4]), [v6, v4]);
+    }
 }

@@ -6,7 +6,9 @@
 //! dead address). Every address an answer holds becomes an endpoint of its own,
 //! health-checked and ejected on its own. A failed lookup keeps the last answer (a
 //! DNS outage should not take working backends away) and is retried after
-//! `min_ttl`. Connections never wait on this: they use the last answer.
+//! `min_ttl`. Connections never wait on this: they use the last answer. Of an
+//! answer's addresses, `dns.family` picks which become endpoints (by default the
+//! IPv4 ones, or the IPv6 ones when there are none).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -49,7 +51,7 @@ pub(super) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
             };
             match answer {
                 Ok(a) => {
-                    let mut addrs = a.addrs;
+                    let mut addrs = dns.family.select(a.addrs);
                     addrs.sort();
                     addrs.dedup();
                     if next.get(name) != Some(&addrs) {
