@@ -467,11 +467,11 @@ async fn serve(
         r = connect(&route, &shared.resolver, peer).instrument(span.clone()) => r,
         _ = shared.force_close.cancelled() => return reset(client),
     };
-    if let Ok(c) = &connected {
-        shared.app_metrics.retries.inc_by(u64::from(c.retries));
-    }
     let mut target = match connected {
-        Ok(c) => c,
+        Ok(c) => {
+            shared.app_metrics.retries.inc_by(u64::from(c.retries));
+            c
+        }
         Err(e) => {
             shared.app_metrics.refused_no_target.inc();
             tracing::warn!(app = %name, client = %peer, error = %e, "no target available; resetting client");

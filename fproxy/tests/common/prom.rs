@@ -6,26 +6,42 @@ use prometheus_parse::Value;
 /// A parsed scrape.
 pub struct Scrape(pub prometheus_parse::Scrape);
 
+/// Parses metrics text.
+fn parse(text: &str) -> prometheus_parse::Scrape {
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    prometheus_parse::Scrape::parse(lines).expect("metrics text parses")
+}
+
+/// The samples named `name` whose labels include `labels`.
+fn matching<'a>(
+    samples: &'a [prometheus_parse::Sample],
+    name: &'a str,
+    labels: &'a [(&str, &str)],
+) -> impl Iterator<Item = &'a prometheus_parse::Sample> {
+    samples
+        .iter()
+        .filter(move |s| s.metric == name)
+        .filter(move |s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+}
+
+/// A counter's, gauge's or untyped sample's value.
+fn scalar(s: &prometheus_parse::Sample) -> Option<f64> {
+    match s.value {
+        Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => Some(v),
+        _ => None,
+    }
+}
+
 impl Scrape {
     pub fn parse(text: &str) -> Scrape {
-        let lines = text.lines().map(|l| Ok(l.to_string()));
-        Scrape(prometheus_parse::Scrape::parse(lines).expect("metrics text parses"))
+        Scrape(parse(text))
     }
 
     /// The value of the one sample named `name` whose labels include `labels`;
     /// `None` if there is none. Panics if several match (the labels are too loose).
     pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        // Unlike `sample`, insists the labels pick out one series.
-        let found: Vec<f64> = self
-            .0
-            .samples
-            .iter()
-            .filter(|s| s.metric == name)
-            .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-            .filter_map(|s| match &s.value {
-                Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => Some(*v),
-                _ => None,
-            })
+        let found: Vec<f64> = matching(&self.0.samples, name, labels)
+            .filter_map(scalar)
             .collect();
         assert!(found.len() <= 1, "{name} {labels:?} matches {found:?}");
         found.first().copied()
@@ -38,11 +54,7 @@ impl Scrape {
 
     /// The observation count of a histogram.
     pub fn histogram_count(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
-        self.0
-            .samples
-            .iter()
-            .filter(|s| s.metric == name)
-            .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        matching(&self.0.samples, name, labels)
             .find_map(|s| match &s.value {
                 Value::Histogram(buckets) => buckets.last().map(|b| b.count as u64),
                 _ => None,
@@ -53,28 +65,17 @@ impl Scrape {
 
 /// The metrics text, parsed.
 pub fn scrape(metrics: &Metrics) -> Vec<prometheus_parse::Sample> {
-    let text = metrics.encode();
-    let lines = text.lines().map(|l| Ok(l.to_string()));
-    prometheus_parse::Scrape::parse(lines)
-        .expect("metrics text parses")
-        .samples
+    parse(&metrics.encode()).samples
 }
 
-/// The value of the sample `name` whose labels include `labels`, if there is one.
-/// Counters are named with their `_total` suffix; histograms by `_count`/`_sum`.
+/// The value of the first sample `name` whose labels include `labels`, if there is
+/// one. Counters are named with their `_total` suffix; histograms by `_count`/`_sum`.
 pub fn sample(
     samples: &[prometheus_parse::Sample],
     name: &str,
     labels: &[(&str, &str)],
 ) -> Option<f64> {
-    use prometheus_parse::Value;
-    samples
-        .iter()
-        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .and_then(|s| match s.value {
-            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => Some(v),
-            _ => None,
-        })
+    matching(samples, name, labels).next().and_then(scalar)
 }
 
 /// Like [`sample`], for a sample that must exist.
