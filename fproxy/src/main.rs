@@ -159,15 +159,7 @@ fn status(admin: Option<SocketAddr>, config: Option<PathBuf>, json: bool) -> any
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
         if json {
-            let answer = client::request(addr, hyper::Method::GET, "/status").await?;
-            if answer.code != 200 {
-                anyhow::bail!(
-                    "admin API at {addr} answered {}: {}",
-                    answer.code,
-                    answer.body.trim()
-                );
-            }
-            print!("{}", answer.body);
+            print!("{}", client::status_json(addr).await?);
         } else {
             let status = client::status(addr).await?;
             print!("{}", table::render(&status));

@@ -84,8 +84,8 @@ async fn exchange(addr: SocketAddr, method: Method, path: &str) -> Result<Answer
     })
 }
 
-/// `GET /status`, parsed.
-pub async fn status(addr: SocketAddr) -> Result<Status, ClientError> {
+/// `GET /status`, as the JSON text the server sent.
+pub async fn status_json(addr: SocketAddr) -> Result<String, ClientError> {
     let answer = request(addr, Method::GET, "/status").await?;
     if answer.code != 200 {
         return Err(ClientError::Status {
@@ -94,7 +94,13 @@ pub async fn status(addr: SocketAddr) -> Result<Status, ClientError> {
             body: answer.body.trim().to_string(),
         });
     }
-    serde_json::from_str(&answer.body).map_err(|e| ClientError::Decode {
+    Ok(answer.body)
+}
+
+/// `GET /status`, parsed.
+pub async fn status(addr: SocketAddr) -> Result<Status, ClientError> {
+    let body = status_json(addr).await?;
+    serde_json::from_str(&body).map_err(|e| ClientError::Decode {
         addr,
         reason: e.to_string(),
     })
