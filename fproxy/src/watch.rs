@@ -164,10 +164,7 @@ impl ConfigSubscriber for FileWatcher {
             .ok_or_else(|| watch_err("is not a file path".into()))?
             .to_os_string();
 
-        let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::Read {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        let text = crate::config::read_text(&path)?;
         let initial = validator.parse(&text)?;
 
         // A capacity-1 channel coalesces bursts: one pending wake-up is enough.
@@ -274,10 +271,7 @@ async fn reload_loop(
                 continue;
             }
             Err(e) => {
-                let err = ConfigError::Read {
-                    path: path.display().to_string(),
-                    reason: e.to_string(),
-                };
+                let err = ConfigError::read(&path, &e);
                 if tx.send(Update::Rejected(err)).is_err() {
                     return;
                 }

@@ -130,6 +130,16 @@ pub enum ConfigError {
     Admin { field: String, reason: String },
 }
 
+impl ConfigError {
+    /// The file at `path` could not be read.
+    pub(crate) fn read(path: &Path, e: &std::io::Error) -> ConfigError {
+        ConfigError::Read {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        }
+    }
+}
+
 /// Builds errors that name the app, and parses fields shared by kinds.
 pub(crate) struct Fields<'a> {
     label: &'a str,
@@ -210,22 +220,12 @@ impl Validator {
 
     /// Reads and validates the file at `path`.
     pub fn load(&self, path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
-        self.parse(&text)
+        self.parse(&read_text(path)?)
     }
 
     /// Parses and validates JSON text.
     pub fn parse(&self, text: &str) -> Result<Config, ConfigError> {
-        let value: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| ConfigError::Syntax {
-                line: e.line(),
-                column: e.column(),
-                reason: strip_position(&e.to_string()),
-            })?;
-        let serde_json::Value::Object(mut top) = value else {
+        let serde_json::Value::Object(mut top) = json_value(text)? else {
             return Err(ConfigError::Structure(
                 "the config must be a JSON object with an `apps` list".into(),
             ));
@@ -353,21 +353,25 @@ fn parse_listen(s: &str) -> Result<SocketAddr, String> {
     }
 }
 
+/// The text of the config file at `path`.
+pub(crate) fn read_text(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError::read(path, &e))
+}
+
+/// JSON text as a value; syntax errors give line and column.
+fn json_value(text: &str) -> Result<serde_json::Value, ConfigError> {
+    serde_json::from_str(text).map_err(|e| ConfigError::Syntax {
+        line: e.line(),
+        column: e.column(),
+        reason: strip_position(&e.to_string()),
+    })
+}
+
 /// Reads only the `admin` section of a config file (`None` when it has none), so
 /// `fproxy status` finds the admin API even while the rest of the file is invalid,
 /// which is when the status is most wanted.
 pub fn load_admin(path: &Path) -> Result<Option<AdminConfig>, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    })?;
-    let value: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| ConfigError::Syntax {
-            line: e.line(),
-            column: e.column(),
-            reason: strip_position(&e.to_string()),
-        })?;
-    match value {
+    match json_value(&read_text(path)?)? {
         serde_json::Value::Object(mut top) => top.remove("admin").map(parse_admin).transpose(),
         _ => Ok(None),
     }
