@@ -16,6 +16,7 @@ pub mod config;
 pub mod daemon;
 pub mod dns;
 pub mod listener;
+pub mod loglimit;
 pub mod metrics;
 pub mod proxy;
 pub mod spec;
