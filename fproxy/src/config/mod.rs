@@ -33,6 +33,28 @@ pub mod defaults {
     pub use super::tcp::defaults as tcp;
 }
 
+/// Ceilings every config must stay under, whatever the field. They sit far above any
+/// real setting and exist so a typo or a hostile file cannot overflow arithmetic at
+/// run time (`Instant + d`, semaphores, buffers) or blow up logs and metrics.
+/// Documented in `docs/config.md` and `docs/security.md`.
+pub mod limits {
+    use std::time::Duration;
+
+    /// Longest accepted duration, for every duration field: 365 days. `Instant + d`
+    /// and `d * n` for small `n` cannot overflow below it.
+    pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+    /// Longest app name; names are labels of every metric and field of every log line.
+    pub const MAX_NAME_LEN: usize = 64;
+    /// Most apps in one config.
+    pub const MAX_APPS: usize = 1000;
+    /// Most listen addresses of one app (`listen`, `ports`, `grpc_listen`, `grpc_ports`).
+    pub const MAX_LISTEN: usize = 1000;
+    /// Most targets of one app (strategies precompute per-target tables).
+    pub const MAX_TARGETS: usize = 1000;
+    /// Most characters of a user value echoed in an error message.
+    pub const MAX_ECHO: usize = 64;
+}
+
 /// A validated config: what the daemon runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -150,11 +172,15 @@ impl Fields<'_> {
         ConfigError::Field {
             app: self.label.to_string(),
             field: field.to_string(),
-            reason: reason.into(),
+            // Reasons quote what was written; a huge value must not make a huge
+            // log line or `/status` answer.
+            reason: clip(&reason.into(), 4 * limits::MAX_ECHO),
         }
     }
 
-    /// A duration written with a unit ("500ms", "2s"); zero is refused.
+    /// A duration written with a unit ("500ms", "2s"), above zero and at most
+    /// [`limits::MAX_DURATION`]. Every duration field goes through here (or
+    /// [`parse_duration`]), so a new field gets the bounds too.
     pub(crate) fn duration(
         &self,
         name: &str,
@@ -163,15 +189,39 @@ impl Fields<'_> {
     ) -> Result<Duration, ConfigError> {
         match v {
             None => Ok(default),
-            Some(s) => match humantime::parse_duration(&s) {
-                Ok(d) if d.is_zero() => Err(self.err(name, "must be greater than zero")),
-                Ok(d) => Ok(d),
-                Err(e) => Err(self.err(
-                    name,
-                    format!("{s:?} is not a duration like \"500ms\" or \"2s\": {e}"),
-                )),
-            },
+            Some(s) => parse_duration(&s).map_err(|e| self.err(name, e)),
         }
+    }
+
+    /// A whole number within `range` (`default` when absent). Numbers feed
+    /// semaphores, tables and counters at run time, so every one is bounded.
+    pub(crate) fn number<T>(
+        &self,
+        name: &str,
+        v: Option<T>,
+        default: T,
+        range: std::ops::RangeInclusive<T>,
+    ) -> Result<T, ConfigError>
+    where
+        T: PartialOrd + std::fmt::Display + Copy,
+    {
+        let n = v.unwrap_or(default);
+        if range.contains(&n) {
+            Ok(n)
+        } else {
+            Err(self.err(
+                name,
+                format!("{n} is outside {}-{}", range.start(), range.end()),
+            ))
+        }
+    }
+
+    /// At most `max` entries in the list `name`.
+    pub(crate) fn count(&self, name: &str, len: usize, max: usize) -> Result<(), ConfigError> {
+        if len > max {
+            return Err(self.err(name, format!("{len} entries, more than {max}")));
+        }
+        Ok(())
     }
 
     /// Explicit addresses plus the `ports` shorthand (all IPv4 addresses).
@@ -182,6 +232,7 @@ impl Fields<'_> {
         listen_field: &str,
         ports_field: &str,
     ) -> Result<Vec<SocketAddr>, ConfigError> {
+        self.count(listen_field, listen.len() + ports.len(), limits::MAX_LISTEN)?;
         let mut out = Vec::new();
         for (i, s) in listen.iter().enumerate() {
             out.push(parse_listen(s).map_err(|e| self.err(&format!("{listen_field}[{i}]"), e))?);
@@ -202,6 +253,55 @@ impl Fields<'_> {
     }
 }
 
+/// A duration as written in config: a number with a unit ("500ms", "2s", "1h"),
+/// greater than zero and at most [`limits::MAX_DURATION`]. The one place durations
+/// are parsed, so the bounds hold for every field, present and future.
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    let shown = clip(s, limits::MAX_ECHO);
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err("must be greater than zero".into()),
+        Ok(d) if d > limits::MAX_DURATION => Err(format!(
+            "{shown:?} is longer than the most allowed, {} days",
+            limits::MAX_DURATION.as_secs() / 86_400
+        )),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!(
+            "{shown:?} is not a duration like \"500ms\" or \"2s\": {e}"
+        )),
+    }
+}
+
+/// `s` cut to at most `max` characters, marked with `…` when cut.
+pub(crate) fn clip(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        None => s.to_string(),
+        Some((i, _)) => format!("{}…", &s[..i]),
+    }
+}
+
+/// Why `name` is not a valid app name, if it is not.
+fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if name.len() > limits::MAX_NAME_LEN {
+        return Err(format!(
+            "{} bytes, longer than {} (names label every metric and log line)",
+            name.len(),
+            limits::MAX_NAME_LEN
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+    {
+        return Err(format!(
+            "{c:?} is not allowed (use letters, digits, `_`, `.` and `-`)"
+        ));
+    }
+    Ok(())
+}
+
 /// Turns JSON text into a validated [`Config`].
 ///
 /// It knows which strategy names exist, so a typo in `strategy` is refused here,
@@ -209,6 +309,14 @@ impl Fields<'_> {
 #[derive(Debug, Clone)]
 pub struct Validator {
     strategies: BTreeSet<String>,
+}
+
+impl Default for Validator {
+    /// Knows the built-in strategies: what a fuzz target or a tool that checks a
+    /// file outside any daemon needs (`Validator::default().parse(text)`).
+    fn default() -> Self {
+        Validator::new(crate::strategy::Registry::default().names())
+    }
 }
 
 impl Validator {
@@ -223,7 +331,8 @@ impl Validator {
         self.parse(&read_text(path)?)
     }
 
-    /// Parses and validates JSON text.
+    /// Parses and validates JSON text. Never panics, whatever the text: every
+    /// problem is a [`ConfigError`] (checked by a property test and meant for fuzzing).
     pub fn parse(&self, text: &str) -> Result<Config, ConfigError> {
         let serde_json::Value::Object(mut top) = json_value(text)? else {
             return Err(ConfigError::Structure(
@@ -246,18 +355,28 @@ impl Validator {
         let admin = top.remove("admin").map(parse_admin).transpose()?;
         if let Some(key) = top.keys().next() {
             return Err(ConfigError::Structure(format!(
-                "unknown top-level key `{key}` (expected `apps` or `admin`)"
+                "unknown top-level key `{}` (expected `apps` or `admin`)",
+                clip(key, limits::MAX_ECHO)
             )));
         }
         let serde_json::Value::Array(apps) = apps else {
             return Err(ConfigError::Structure("`apps` must be a list".into()));
         };
+        if apps.len() > limits::MAX_APPS {
+            return Err(ConfigError::Structure(format!(
+                "`apps` has {} entries, more than {}",
+                apps.len(),
+                limits::MAX_APPS
+            )));
+        }
 
         let mut out = Vec::with_capacity(apps.len());
         for (i, raw) in apps.into_iter().enumerate() {
             // Name the app in errors even when the rest of it does not parse.
             let label = match raw.get("name").or_else(|| raw.get("Name")) {
-                Some(serde_json::Value::String(n)) => format!("{n:?}"),
+                Some(serde_json::Value::String(n)) => {
+                    format!("{:?}", clip(n, limits::MAX_NAME_LEN))
+                }
                 _ => format!("apps[{i}]"),
             };
             let raw: RawApp = serde_path_to_error::deserialize(raw).map_err(|e| {
@@ -274,14 +393,13 @@ impl Validator {
         if let Some(admin) = &admin {
             check_admin_address(admin, &out)?;
         }
+        check_loops(&out, admin.as_ref())?;
         Ok(Config { apps: out, admin })
     }
 
     fn validate_app(&self, mut raw: RawApp, label: &str) -> Result<AppConfig, ConfigError> {
         let f = Fields { label };
-        if raw.name.trim().is_empty() {
-            return Err(f.err("name", "must not be empty"));
-        }
+        check_name(&raw.name).map_err(|e| f.err("name", e))?;
         let listen = f.addresses(
             &std::mem::take(&mut raw.listen),
             &std::mem::take(&mut raw.ports),
@@ -388,7 +506,7 @@ struct RawAdmin {
 fn parse_admin(raw: serde_json::Value) -> Result<AdminConfig, ConfigError> {
     let err = |field: &str, reason: String| ConfigError::Admin {
         field: field.into(),
-        reason,
+        reason: clip(&reason, 4 * limits::MAX_ECHO),
     };
     if !raw.is_object() {
         return Err(err(
@@ -432,6 +550,69 @@ fn check_admin_address(admin: &AdminConfig, apps: &[AppConfig]) -> Result<(), Co
         }
     }
     Ok(())
+}
+
+/// Refuses a target that is one of this daemon's own listeners: every connection
+/// would come back in and connect again, until the app's limits are exhausted by
+/// its own traffic. Only what the config alone proves is caught: a literal address
+/// equal to a listen address; a loopback or unspecified IP on the port of a
+/// wildcard (or loopback) listener of that family; `localhost` on such a port.
+/// Loops through other hosts or names are the operator's (`docs/config.md`).
+fn check_loops(apps: &[AppConfig], admin: Option<&AdminConfig>) -> Result<(), ConfigError> {
+    // Every fixed listen address, with who owns it. Port 0 is chosen at bind
+    // time and cannot be known here.
+    let mut own: Vec<(SocketAddr, String)> = Vec::new();
+    for app in apps {
+        for addr in app.addresses() {
+            own.push((addr, format!("app {:?}", app.name)));
+        }
+    }
+    if let Some(admin) = admin {
+        own.push((admin.listen, "the admin API".into()));
+    }
+    own.retain(|(a, _)| a.port() != 0);
+    // 127.0.0.1 or ::1: where `localhost` and the unspecified address lead.
+    let localhost = |ip: IpAddr| match ip {
+        IpAddr::V4(v4) => v4 == Ipv4Addr::LOCALHOST,
+        IpAddr::V6(v6) => v6 == std::net::Ipv6Addr::LOCALHOST,
+    };
+    for app in apps {
+        let Kind::Tcp(tcp) = &app.kind else { continue };
+        for (i, target) in tcp.targets.iter().enumerate() {
+            let hit = own.iter().find(|(listen, _)| match target {
+                Target::Addr(t) => {
+                    // IPv6 listeners are v6-only, so families never cross.
+                    let same = t.port() == listen.port() && t.is_ipv4() == listen.is_ipv4();
+                    let (t, l) = (t.ip(), listen.ip());
+                    same && (t == l
+                        || (l.is_unspecified() && (t.is_loopback() || t.is_unspecified()))
+                        || (t.is_unspecified() && localhost(l)))
+                }
+                Target::Name { host, port } => {
+                    *port == listen.port()
+                        && is_localhost(host)
+                        && (listen.ip().is_unspecified() || localhost(listen.ip()))
+                }
+            });
+            if let Some((listen, owner)) = hit {
+                return Err(ConfigError::Field {
+                    app: format!("{:?}", app.name),
+                    field: format!("targets[{i}]"),
+                    reason: format!(
+                        "{target} is this daemon's own listener ({owner} listens on {listen}): \
+                         connections would loop back into fproxy"
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Names every resolver answers with loopback (RFC 6761).
+fn is_localhost(host: &str) -> bool {
+    let host = host.trim_end_matches('.');
+    host == "localhost" || host.ends_with(".localhost")
 }
 
 fn check_unique(apps: &[AppConfig]) -> Result<(), ConfigError> {
@@ -873,6 +1054,294 @@ mod tests {
             set.admin.map(|a| a.listen),
             Some("[::1]:0".parse().unwrap())
         );
+    }
+
+    /// Every duration field, by its path, as JSON for an app of its kind.
+    const DURATION_FIELDS: &[(&str, &str)] = &[
+        ("tcp", "drain_timeout"),
+        ("tcp", "connect_timeout"),
+        ("tcp", "connect_deadline"),
+        ("tcp", "idle_timeout"),
+        ("tcp", "health_check.interval"),
+        ("tcp", "health_check.timeout"),
+        ("tcp", "passive.base_ejection"),
+        ("tcp", "dns.min_ttl"),
+        ("tcp", "dns.max_ttl"),
+        ("spec", "drain_timeout"),
+        ("spec", "poll_interval"),
+        ("spec", "request_timeout"),
+        ("spec", "stale_after"),
+        ("spec", "max_stream_age"),
+        ("spec", "heartbeat_interval"),
+        ("spec", "rejected_key_ttl"),
+        ("spec", "cache.cache_ttl"),
+        ("spec", "cache.leader_ttl"),
+        ("spec", "cache.connect_timeout"),
+    ];
+
+    /// An app of `kind` with `path` (maybe nested, `a.b`) set to the JSON `value`.
+    fn app_with(kind: &str, path: &str, value: serde_json::Value) -> String {
+        let mut app = match kind {
+            "tcp" => serde_json::json!({"name": "a", "ports": [1], "targets": ["x:1"]}),
+            _ => serde_json::json!({"name": "a", "kind": "spec", "ports": [1],
+                "cache": {"backend": "redis", "url": "redis://h:1"}}),
+        };
+        // dns.max_ttl must stay at least dns.min_ttl, connect_deadline at least
+        // connect_timeout: set the partner out of the way.
+        match path {
+            "dns.max_ttl" => app["dns"] = serde_json::json!({"min_ttl": "1ms"}),
+            "dns.min_ttl" => app["dns"] = serde_json::json!({"max_ttl": "365d"}),
+            "connect_deadline" => app["connect_timeout"] = "1ms".into(),
+            _ => {}
+        }
+        let mut at = &mut app;
+        let parts: Vec<&str> = path.split('.').collect();
+        for part in &parts[..parts.len() - 1] {
+            if at.get(*part).is_none() {
+                at[*part] = serde_json::json!({});
+            }
+            at = &mut at[*part];
+        }
+        at[parts[parts.len() - 1]] = value;
+        serde_json::json!({"apps": [app]}).to_string()
+    }
+
+    #[test]
+    fn every_duration_is_bounded_with_an_error_naming_app_and_field() {
+        for (kind, path) in DURATION_FIELDS {
+            // The ceiling itself is accepted (leader_ttl needs at least 300ms).
+            let ok = app_with(kind, path, "365d".into());
+            assert!(
+                v().parse(&ok).is_ok(),
+                "{kind} {path}: {:?}",
+                v().parse(&ok)
+            );
+            for too_long in ["10000000000000000000s", "365d 1s", "1000y"] {
+                let e = err(&app_with(kind, path, too_long.into()));
+                let want = format!("app \"a\": {path}: ");
+                assert!(
+                    e.starts_with(&want) && e.contains("longer than the most allowed, 365 days"),
+                    "{kind} {path} = {too_long}: {e}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn numbers_that_size_run_time_structures_are_bounded() {
+        let huge = serde_json::json!(u64::MAX);
+        let cases = [
+            ("tcp", "max_connections", huge.clone()),
+            ("tcp", "max_connections", 1_000_001.into()),
+            ("tcp", "health_check.rise", 1001.into()),
+            ("tcp", "health_check.fall", u32::MAX.into()),
+            ("tcp", "passive.consecutive_failures", 1001.into()),
+            ("tcp", "passive.max_ejected_percent", 101.into()),
+            ("tcp", "buffer_size", huge.clone()),
+            ("spec", "fetch_concurrency", huge.clone()),
+            ("spec", "fetch_concurrency", 10_001.into()),
+            ("spec", "max_sdk_keys", 1_000_001.into()),
+            ("spec", "max_streams", huge.clone()),
+        ];
+        for (kind, path, value) in cases {
+            let e = err(&app_with(kind, path, value.clone()));
+            assert!(
+                e.starts_with(&format!("app \"a\": {path}: ")),
+                "{path} = {value}: {e}"
+            );
+        }
+        let many: Vec<String> = (0..=limits::MAX_TARGETS)
+            .map(|i| format!("x:{}", i + 1))
+            .collect();
+        let e = err(&app_with("tcp", "targets", many.into()));
+        assert!(
+            e.starts_with("app \"a\": targets: 1001 entries, more than 1000"),
+            "{e}"
+        );
+        let e = err(&app_with("tcp", "ports", vec![1; 1001].into()));
+        assert!(e.starts_with("app \"a\": listen: 1001 entries"), "{e}");
+        let apps: Vec<serde_json::Value> = (0..=limits::MAX_APPS)
+            .map(|i| serde_json::json!({"name": format!("a{i}"), "listen": ["127.0.0.1:0"], "targets": ["x:1"]}))
+            .collect();
+        let e = err(&serde_json::json!({ "apps": apps }).to_string());
+        assert!(e.contains("more than 1000"), "{e}");
+        let e = err(&app_with(
+            "tcp",
+            "health_check.expect",
+            "x".repeat(4097).into(),
+        ));
+        assert!(
+            e.starts_with("app \"a\": health_check.expect: longer than 4096"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn target_port_zero_is_refused() {
+        for t in ["127.0.0.1:0", "[::1]:0", "backend:0"] {
+            let e = err(&app_with("tcp", "targets", serde_json::json!([t])));
+            assert!(
+                e.starts_with(&format!(
+                    "app \"a\": targets[0]: `{t}`: port 0 out of range"
+                )),
+                "{t}: {e}"
+            );
+        }
+        let weighted = serde_json::json!([{"address": "10.0.0.1:0", "weight": 2}]);
+        assert!(err(&app_with("tcp", "targets", weighted)).contains("port 0"));
+    }
+
+    #[test]
+    fn app_names_are_short_and_plain() {
+        let huge = "n".repeat(1 << 20);
+        let e = err(&app_with("tcp", "name", huge.clone().into()));
+        assert!(
+            e.contains("name: 1048576 bytes, longer than 64"),
+            "{}",
+            clip(&e, 200)
+        );
+        assert!(
+            e.len() < 300,
+            "the error echoes the name: {} bytes",
+            e.len()
+        );
+        // Also when the app fails for another reason first.
+        let json = format!(r#"{{"apps":[{{"name":"{huge}","ports":"x"}}]}}"#);
+        assert!(err(&json).len() < 300);
+        for bad in ["a b", "a/b", "a\"b", "ä", "a\nb", "", "{x}"] {
+            let e = err(&app_with("tcp", "name", bad.into()));
+            assert!(e.contains(": name: "), "{bad:?}: {e}");
+        }
+        let longest = "a".repeat(64);
+        for good in ["web", "A-b_c.9", longest.as_str()] {
+            assert!(
+                v().parse(&app_with("tcp", "name", good.into())).is_ok(),
+                "{good}"
+            );
+        }
+    }
+
+    #[test]
+    fn huge_values_are_not_echoed_in_errors() {
+        let huge = "9".repeat(1 << 20);
+        for (kind, path) in [("tcp", "idle_timeout"), ("tcp", "targets")] {
+            let value = if *path == *"targets" {
+                serde_json::json!([huge.clone()])
+            } else {
+                huge.clone().into()
+            };
+            let e = err(&app_with(kind, path, value));
+            assert!(e.len() < 400, "{path}: {} bytes", e.len());
+        }
+        let e = err(&format!(r#"{{"apps":[],"{huge}":1}}"#));
+        assert!(e.len() < 200, "{} bytes", e.len());
+        let e = err(&format!(r#"{{"apps":[],"admin":{{"listen":"{huge}"}}}}"#));
+        assert!(e.len() < 400, "{} bytes", e.len());
+    }
+
+    #[test]
+    fn targets_that_loop_back_into_the_daemon_are_refused() {
+        let cfg = |apps: serde_json::Value, admin: Option<&str>| {
+            let mut c = serde_json::json!({ "apps": apps });
+            if let Some(a) = admin {
+                c["admin"] = serde_json::json!({ "listen": a });
+            }
+            c.to_string()
+        };
+        let tcp = |name: &str, listen: &str, target: &str| serde_json::json!({"name": name, "listen": [listen], "targets": ["10.9.9.9:1", target]});
+        let loops = [
+            // Its own address, exactly.
+            (
+                vec![tcp("a", "127.0.0.1:7000", "127.0.0.1:7000")],
+                None,
+                "app \"a\" listens on 127.0.0.1:7000",
+            ),
+            (
+                vec![tcp("a", "[::1]:7000", "[::1]:7000")],
+                None,
+                "[::1]:7000",
+            ),
+            // Loopback or unspecified on a wildcard listener's port.
+            (
+                vec![tcp("a", "0.0.0.0:7000", "127.0.0.1:7000")],
+                None,
+                "0.0.0.0:7000",
+            ),
+            (
+                vec![tcp("a", "0.0.0.0:7000", "127.3.2.1:7000")],
+                None,
+                "0.0.0.0:7000",
+            ),
+            (
+                vec![tcp("a", "0.0.0.0:7000", "0.0.0.0:7000")],
+                None,
+                "0.0.0.0:7000",
+            ),
+            (vec![tcp("a", "[::]:7000", "[::1]:7000")], None, "[::]:7000"),
+            (
+                vec![tcp("a", "127.0.0.1:7000", "0.0.0.0:7000")],
+                None,
+                "127.0.0.1:7000",
+            ),
+            // localhost on a local listener's port.
+            (
+                vec![tcp("a", "0.0.0.0:7000", "localhost:7000")],
+                None,
+                "0.0.0.0:7000",
+            ),
+            (
+                vec![tcp("a", "127.0.0.1:7000", "LocalHost.:7000")],
+                None,
+                "127.0.0.1:7000",
+            ),
+            (
+                vec![tcp("a", "[::1]:7000", "localhost:7000")],
+                None,
+                "[::1]:7000",
+            ),
+            // Another app's listener, a spec app's gRPC one, the admin API.
+            (
+                vec![
+                    tcp("a", "127.0.0.1:7000", "127.0.0.1:7001"),
+                    tcp("b", "127.0.0.1:7001", "x:1"),
+                ],
+                None,
+                "app \"b\" listens on 127.0.0.1:7001",
+            ),
+            (
+                vec![
+                    tcp("a", "127.0.0.1:7000", "127.0.0.1:7002"),
+                    serde_json::json!({"name": "s", "kind": "spec", "grpc_ports": [7002]}),
+                ],
+                None,
+                "app \"s\" listens on 0.0.0.0:7002",
+            ),
+            (
+                vec![tcp("a", "127.0.0.1:7000", "127.0.0.1:9901")],
+                Some("127.0.0.1:9901"),
+                "the admin API listens on 127.0.0.1:9901",
+            ),
+        ];
+        for (apps, admin, want) in loops {
+            let text = cfg(apps.into(), admin);
+            let e = err(&text);
+            assert!(
+                e.starts_with("app \"a\": targets[1]: ") && e.contains(want) && e.contains("loop"),
+                "{text}\n{e}"
+            );
+        }
+        let fine = [
+            // Another loopback IP, another family, another port, a real host, port 0.
+            tcp("a", "127.0.0.1:7000", "127.0.0.2:7000"),
+            tcp("b", "0.0.0.0:7001", "[::1]:7001"),
+            tcp("c", "[::]:7002", "127.0.0.1:7002"),
+            tcp("d", "0.0.0.0:7003", "127.0.0.1:7004"),
+            tcp("e", "0.0.0.0:7005", "db.example:7005"),
+            tcp("f", "10.0.0.1:7006", "localhost:7006"),
+            tcp("g", "127.0.0.1:0", "127.0.0.1:7007"),
+        ];
+        let text = cfg(fine.to_vec().into(), Some("127.0.0.1:0"));
+        assert!(v().parse(&text).is_ok(), "{:?}", v().parse(&text));
     }
 
     #[test]

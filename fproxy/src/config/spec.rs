@@ -228,6 +228,7 @@ impl SpecConfig {
             "fetch_concurrency",
             raw.fetch_concurrency.take(),
             defaults::FETCH_CONCURRENCY,
+            10_000,
         )?;
         let request_timeout = f.duration(
             "request_timeout",
@@ -246,6 +247,7 @@ impl SpecConfig {
             "max_sdk_keys",
             raw.max_sdk_keys.take(),
             defaults::MAX_SDK_KEYS,
+            1_000_000,
         )?;
         if warm_keys.len() > max_sdk_keys {
             return Err(f.err(
@@ -263,6 +265,7 @@ impl SpecConfig {
             "max_streams",
             raw.max_streams.take(),
             defaults::MAX_STREAMS,
+            1_000_000,
         )?;
         let max_stream_age = f.duration(
             "max_stream_age",
@@ -298,16 +301,15 @@ impl SpecConfig {
     }
 }
 
+/// 1 to `max`: these size semaphores and tables, which refuse (or panic on) more.
 fn at_least_one(
     f: &Fields<'_>,
     name: &str,
     v: Option<usize>,
     default: usize,
+    max: usize,
 ) -> Result<usize, ConfigError> {
-    match v.unwrap_or(default) {
-        0 => Err(f.err(name, "must be at least 1")),
-        n => Ok(n),
-    }
+    f.number(name, v, default, 1..=max)
 }
 
 /// SDK keys travel in URL paths and headers: keep them to what is safe in both.

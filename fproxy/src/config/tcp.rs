@@ -36,6 +36,15 @@ pub mod defaults {
 /// above 16 MiB a few thousand connections would exhaust memory.
 const BUFFER_SIZE_RANGE: std::ops::RangeInclusive<usize> = 1024..=16 * 1024 * 1024;
 
+/// Concurrent connections of one app: beyond a million, file descriptors run out first.
+const MAX_CONNECTIONS_RANGE: std::ops::RangeInclusive<usize> = 1..=1_000_000;
+/// Consecutive checks or failures counted before a verdict; more is never reached
+/// in practice and only delays it by hours.
+const MAX_STREAK: u32 = 1000;
+/// Longest health check `send` and `expect`: the checker reads at most this much of
+/// an answer, so a longer `expect` could never match.
+pub const MAX_PROBE_BYTES: usize = 4096;
+
 /// Active health checking of every target.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthCheck {
@@ -149,6 +158,7 @@ impl TcpConfig {
         if raw_targets.is_empty() {
             return Err(f.err("targets", "must list at least one target"));
         }
+        f.count("targets", raw_targets.len(), super::limits::MAX_TARGETS)?;
         let mut targets = Vec::with_capacity(raw_targets.len());
         let mut weights = Vec::with_capacity(raw_targets.len());
         for (i, t) in raw_targets.iter().enumerate() {
@@ -164,18 +174,37 @@ impl TcpConfig {
         }
         let health_check = match raw.health_check.take() {
             None => None,
-            Some(h) => Some(HealthCheck {
-                interval: f.duration(
-                    "health_check.interval",
-                    h.interval,
-                    defaults::CHECK_INTERVAL,
-                )?,
-                timeout: f.duration("health_check.timeout", h.timeout, defaults::CHECK_TIMEOUT)?,
-                rise: h.rise.unwrap_or(defaults::RISE).max(1),
-                fall: h.fall.unwrap_or(defaults::FALL).max(1),
-                send: h.send,
-                expect: h.expect,
-            }),
+            Some(h) => {
+                for (name, v) in [("send", &h.send), ("expect", &h.expect)] {
+                    if v.as_ref().is_some_and(|v| v.len() > MAX_PROBE_BYTES) {
+                        return Err(f.err(
+                            &format!("health_check.{name}"),
+                            format!("longer than {MAX_PROBE_BYTES} bytes"),
+                        ));
+                    }
+                }
+                Some(HealthCheck {
+                    interval: f.duration(
+                        "health_check.interval",
+                        h.interval,
+                        defaults::CHECK_INTERVAL,
+                    )?,
+                    timeout: f.duration(
+                        "health_check.timeout",
+                        h.timeout,
+                        defaults::CHECK_TIMEOUT,
+                    )?,
+                    // 0 has always meant 1.
+                    rise: f
+                        .number("health_check.rise", h.rise, defaults::RISE, 0..=MAX_STREAK)?
+                        .max(1),
+                    fall: f
+                        .number("health_check.fall", h.fall, defaults::FALL, 0..=MAX_STREAK)?
+                        .max(1),
+                    send: h.send,
+                    expect: h.expect,
+                })
+            }
         };
         let passive = match raw.passive.take() {
             None => Passive {
@@ -191,7 +220,12 @@ impl TcpConfig {
                     return Err(f.err("passive.max_ejected_percent", "must be 0-100"));
                 }
                 Passive {
-                    consecutive_failures: p.consecutive_failures.unwrap_or(defaults::EJECT_AFTER),
+                    consecutive_failures: f.number(
+                        "passive.consecutive_failures",
+                        p.consecutive_failures,
+                        defaults::EJECT_AFTER,
+                        0..=MAX_STREAK,
+                    )?,
                     base_ejection: f.duration(
                         "passive.base_ejection",
                         p.base_ejection,
@@ -255,13 +289,12 @@ impl TcpConfig {
             raw.idle_timeout.take(),
             defaults::IDLE_TIMEOUT,
         )?;
-        let max_connections = raw
-            .max_connections
-            .take()
-            .unwrap_or(defaults::MAX_CONNECTIONS);
-        if max_connections == 0 {
-            return Err(f.err("max_connections", "must be at least 1"));
-        }
+        let max_connections = f.number(
+            "max_connections",
+            raw.max_connections.take(),
+            defaults::MAX_CONNECTIONS,
+            MAX_CONNECTIONS_RANGE,
+        )?;
         let buffer_size = raw.buffer_size.take().unwrap_or(defaults::BUFFER_SIZE);
         if !BUFFER_SIZE_RANGE.contains(&buffer_size) {
             return Err(f.err(
@@ -339,6 +372,10 @@ impl Target {
     /// Parses `host:port`, `1.2.3.4:port` or `[::1]:port`.
     pub fn parse(s: &str) -> Result<Target, String> {
         if let Ok(addr) = s.parse::<SocketAddr>() {
+            // Port 0 cannot be connected to: every client would be reset.
+            if addr.port() == 0 {
+                return Err(format!("`{s}`: port 0 out of range 1-65535"));
+            }
             return Ok(Target::Addr(addr));
         }
         let (host, port) = s
