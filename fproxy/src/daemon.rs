@@ -391,14 +391,9 @@ impl Daemon {
                 ("changed", &applied.changed),
                 ("removed", &applied.removed),
             ] {
-                for app in apps {
-                    m.rollouts
-                        .get_or_create(&RolloutLabels {
-                            app: app.clone(),
-                            action,
-                        })
-                        .inc();
-                }
+                m.rollouts
+                    .get_or_create(&RolloutLabels { action })
+                    .inc_by(apps.len() as u64);
             }
         }
         let reload = Reload {

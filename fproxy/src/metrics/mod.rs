@@ -8,7 +8,7 @@
 //! Hot paths never look a label set up: an app resolves the handles it needs
 //! (counters and gauges are shared atomics) when it builds a routing snapshot, and
 //! removes its series when a target or app goes, so label cardinality follows the
-//! config, never the clients.
+//! config, never the clients, and a removed app leaves no series with its name.
 
 pub mod spec;
 pub mod tcp;
@@ -41,10 +41,11 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
-/// Labels of a rollout step of one app.
+/// Labels of rollout steps. No `app` label: a counter of removals must outlive
+/// the app, and series of every name ever used would grow without bound (the
+/// names of each rollout are in the logs and `/status`).
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RolloutLabels {
-    pub app: String,
     /// `added`, `changed` or `removed`.
     pub action: &'static str,
 }
