@@ -53,6 +53,9 @@ pub mod limits {
     pub const MAX_TARGETS: usize = 1000;
     /// Most characters of a user value echoed in an error message.
     pub const MAX_ECHO: usize = 64;
+    /// Most characters of an error's reason (room for serde's list of expected
+    /// fields, not for a huge value quoted back).
+    pub const MAX_REASON: usize = 1024;
 }
 
 /// A validated config: what the daemon runs.
@@ -174,7 +177,7 @@ impl Fields<'_> {
             field: field.to_string(),
             // Reasons quote what was written; a huge value must not make a huge
             // log line or `/status` answer.
-            reason: clip(&reason.into(), 4 * limits::MAX_ECHO),
+            reason: clip(&reason.into(), limits::MAX_REASON),
         }
     }
 
@@ -380,11 +383,15 @@ impl Validator {
                 _ => format!("apps[{i}]"),
             };
             let raw: RawApp = serde_path_to_error::deserialize(raw).map_err(|e| {
-                let path = e.path().to_string();
+                // An unknown key is quoted in both path and reason: clip both.
+                let path = clip(&e.path().to_string(), limits::MAX_ECHO);
                 ConfigError::Field {
                     app: label.clone(),
                     field: if path == "." { "-".into() } else { path },
-                    reason: scrub_values(&e.into_inner().to_string()),
+                    reason: clip(
+                        &scrub_values(&e.into_inner().to_string()),
+                        limits::MAX_REASON,
+                    ),
                 }
             })?;
             out.push(self.validate_app(raw, &label)?);
@@ -506,7 +513,7 @@ struct RawAdmin {
 fn parse_admin(raw: serde_json::Value) -> Result<AdminConfig, ConfigError> {
     let err = |field: &str, reason: String| ConfigError::Admin {
         field: field.into(),
-        reason: clip(&reason, 4 * limits::MAX_ECHO),
+        reason: clip(&reason, limits::MAX_REASON),
     };
     if !raw.is_object() {
         return Err(err(
@@ -518,7 +525,7 @@ fn parse_admin(raw: serde_json::Value) -> Result<AdminConfig, ConfigError> {
         ));
     }
     let raw: RawAdmin = serde_path_to_error::deserialize(raw).map_err(|e| {
-        let path = e.path().to_string();
+        let path = clip(&e.path().to_string(), limits::MAX_ECHO);
         let field = if path == "." {
             "admin".to_string()
         } else {
@@ -1201,7 +1208,7 @@ mod tests {
             clip(&e, 200)
         );
         assert!(
-            e.len() < 300,
+            e.len() < 1200,
             "the error echoes the name: {} bytes",
             e.len()
         );
@@ -1231,12 +1238,16 @@ mod tests {
                 huge.clone().into()
             };
             let e = err(&app_with(kind, path, value));
-            assert!(e.len() < 400, "{path}: {} bytes", e.len());
+            assert!(e.len() < 1200, "{path}: {} bytes", e.len());
         }
         let e = err(&format!(r#"{{"apps":[],"{huge}":1}}"#));
-        assert!(e.len() < 200, "{} bytes", e.len());
+        assert!(e.len() < 1200, "{} bytes", e.len());
+        let e = err(&format!(r#"{{"apps":[{{"name":"a","{huge}":1}}]}}"#));
+        assert!(e.len() < 1200, "{} bytes", e.len());
+        let e = err(&format!(r#"{{"apps":[],"admin":{{"{huge}":1}}}}"#));
+        assert!(e.len() < 1200, "{} bytes", e.len());
         let e = err(&format!(r#"{{"apps":[],"admin":{{"listen":"{huge}"}}}}"#));
-        assert!(e.len() < 400, "{} bytes", e.len());
+        assert!(e.len() < 1200, "{} bytes", e.len());
     }
 
     #[test]
