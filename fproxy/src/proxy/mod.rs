@@ -492,6 +492,12 @@ async fn serve(
     };
     slot.state.closed();
     traffic.active.dec();
+    // A target that failed mid-stream (a reset, say) must not look like a clean
+    // close to the client: its reply may be cut short. Pass the failure on as a
+    // reset; a FIN would tell the client the reply is complete.
+    if copied.is_some_and(|c| c.end == End::TargetError) {
+        let _ = SockRef::from(&client).set_linger(Some(Duration::ZERO));
+    }
     let reason = copied.map_or("drain_timeout", |c| c.end.as_str());
     traffic.close(reason);
     tracing::debug!(
