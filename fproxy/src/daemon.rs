@@ -193,8 +193,10 @@ impl Daemon {
             let _ = self.events.send(Event::Unchanged(applied.clone()));
             return Ok(applied);
         }
+        let demand = crate::fdlimit::Demand::of(&config);
         match self.roll_out(config).await {
             Ok(applied) => {
+                demand.check();
                 tracing::info!(
                     version = applied.version,
                     added = ?applied.added,
