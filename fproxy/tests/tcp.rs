@@ -109,7 +109,9 @@ async fn target_reset_mid_stream_resets_the_client() {
         let mut req = [0u8; 2];
         s.read_exact(&mut req).await.unwrap();
         s.write_all(b"partial").await.unwrap();
-        s.set_linger(Some(std::time::Duration::ZERO)).unwrap();
+        socket2::SockRef::from(&s)
+            .set_linger(Some(std::time::Duration::ZERO))
+            .unwrap();
         drop(s);
     });
     let p = Proxy::start(&config(&[app("rst", &["127.0.0.1:0"], &[backend], "")])).await;
