@@ -193,8 +193,10 @@ impl Daemon {
             let _ = self.events.send(Event::Unchanged(applied.clone()));
             return Ok(applied);
         }
+        let demand = crate::fdlimit::Demand::of(&config);
         match self.roll_out(config).await {
             Ok(applied) => {
+                demand.check();
                 tracing::info!(
                     version = applied.version,
                     added = ?applied.added,
@@ -249,6 +251,7 @@ impl Daemon {
             _ => None,
         };
         let mut staged: Vec<(Arc<AppConfig>, BoundSet)> = Vec::new();
+        let held: Vec<SocketAddr> = self.apps.values().flat_map(|a| a.local_addrs()).collect();
         for app in config.apps {
             let running = self.apps.get(&app.name).map(|a| a.config());
             if running.as_deref() == Some(&app) {
@@ -264,7 +267,12 @@ impl Daemon {
                 if kept.contains(&addr) {
                     continue;
                 }
-                let b = Bound::bind(addr).map_err(|source| ApplyError::Bind {
+                // Joining a port this process holds (another app's, or one of a
+                // replaced app) shares it; a port of its own must be free of
+                // other processes.
+                let ours = held.iter().any(|h| crate::listener::overlaps(*h, addr));
+                let bind = if ours { Bound::bind } else { Bound::bind_new };
+                let b = bind(addr).map_err(|source| ApplyError::Bind {
                     app: app.name.clone(),
                     addr,
                     source,

@@ -3,7 +3,9 @@
 //!
 //! A listener's life has three steps so the daemon can roll out without loss:
 //! [`Bound::bind`] claims the address (SO_REUSEADDR + SO_REUSEPORT, so a new socket
-//! can join an address an old one still holds); [`Bound::start`] begins accepting;
+//! can join an address an old one of this process still holds; [`Bound::bind_new`]
+//! first makes sure no other process listens there, since SO_REUSEPORT would let the
+//! two silently split the traffic); [`Bound::start`] begins accepting;
 //! [`Listener::retire`] stops accepting, then serves every connection already in the
 //! kernel's accept queue before closing. Closing with a non-empty queue would reset
 //! those clients.
@@ -19,6 +21,8 @@ use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+use crate::loglimit::LogLimit;
 
 /// Accept queue length; the kernel caps it at `net.core.somaxconn`.
 const BACKLOG: i32 = 4096;
@@ -36,28 +40,65 @@ pub trait Handler: Send + Sync + 'static {
 /// differs from the bound one for port 0).
 pub type BoundSet = Vec<(SocketAddr, Bound)>;
 
-/// A bound, listening socket whose connections queue until [`Bound::start`].
 /// A non-blocking listening socket on `addr`, with SO_REUSEADDR (a restart need not
 /// wait for old connections in TIME_WAIT). `share_port` adds SO_REUSEPORT, for
 /// listeners that must coexist with the ones they replace; without it a second
 /// process on the same address fails instead of silently splitting the traffic.
 pub fn bind_socket(addr: SocketAddr, share_port: bool) -> io::Result<std::net::TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
+    let socket = unbound(addr)?;
     if share_port {
         socket.set_reuse_port(true)?;
     }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into()).map_err(|e| named(addr, e))?;
+    socket.listen(BACKLOG).map_err(|e| named(addr, e))?;
+    Ok(socket.into())
+}
+
+/// A TCP socket for `addr` with the options every listener (and probe) shares.
+fn unbound(addr: SocketAddr) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
     if addr.is_ipv6() {
         // `[::]:p` and `0.0.0.0:p` are separate listeners; dual-stack would make
         // the second bind collide with the first.
         socket.set_only_v6(true)?;
     }
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(BACKLOG)?;
-    Ok(socket.into())
+    Ok(socket)
 }
 
+/// "Address in use" says which address, and that someone else has it.
+fn named(addr: SocketAddr, e: io::Error) -> io::Error {
+    if e.kind() == io::ErrorKind::AddrInUse {
+        return io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!("{addr} is already in use by another process"),
+        );
+    }
+    e
+}
+
+/// Fails when another socket listens on `addr` (or overlaps it: a wildcard on the
+/// same port), SO_REUSEPORT or not. The probe binds without SO_REUSEPORT, which
+/// the kernel refuses next to any listener, then closes at once; it never listens.
+/// Port 0 always gets a fresh port.
+pub fn ensure_unclaimed(addr: SocketAddr) -> io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let probe = unbound(addr)?;
+    probe.bind(&addr.into()).map_err(|e| named(addr, e))
+}
+
+/// Whether listeners on `a` and `b` would take the same connections: same port
+/// and family, and the same IP or a wildcard on either side.
+pub fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && a.is_ipv4() == b.is_ipv4()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+/// A bound, listening socket whose connections queue until [`Bound::start`].
 #[derive(Debug)]
 pub struct Bound {
     listener: TcpListener,
@@ -77,6 +118,16 @@ impl Bound {
             local,
             restarts: None,
         })
+    }
+
+    /// Binds an address this process does not listen on yet: like [`Bound::bind`],
+    /// but refused when another process already listens there (see
+    /// [`ensure_unclaimed`]). A port shared with a stranger would silently lose it
+    /// part of the traffic. (A stranger that binds in the instant between the
+    /// check and the bind is not caught.)
+    pub fn bind_new(addr: SocketAddr) -> io::Result<Bound> {
+        ensure_unclaimed(addr)?;
+        Bound::bind(addr)
     }
 
     /// Counts each restart of this listener's accept loop in `counter`.
@@ -270,8 +321,13 @@ async fn accept_loop(
             Err(e) if is_transient(&e) => continue,
             Err(e) => {
                 // EMFILE, ENFILE, ENOBUFS, ENOMEM: the queue keeps the client; wait
-                // for resources rather than spin.
-                tracing::warn!(error = %e, "accept failed; pausing");
+                // for resources rather than spin. Clients keep coming while this
+                // lasts: one line a second says so.
+                static ACCEPT_FAILED: LogLimit = LogLimit::per_second();
+                if let Some(suppressed) = ACCEPT_FAILED.allow() {
+                    let addr = listener.local_addr().ok();
+                    tracing::warn!(?addr, error = %e, suppressed, pause = ?ACCEPT_ERROR_PAUSE, "accept failed (out of file descriptors or buffers?); pausing");
+                }
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => {}

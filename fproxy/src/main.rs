@@ -203,6 +203,9 @@ fn admin_from_config(config: Option<PathBuf>) -> anyhow::Result<SocketAddr> {
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
     init_logging(cli.log_format);
+    // Two descriptors per proxied connection: the default soft limit (often 1024)
+    // is far too low. Each applied config is checked against the result.
+    fproxy::fdlimit::raise();
     let path = config_path(cli.config.clone())?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {

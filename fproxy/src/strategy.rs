@@ -133,6 +133,11 @@ impl TargetState {
         self.active.fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// Consecutive connect failures blamed on it since its last success or ejection.
+    pub fn failures(&self) -> u32 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
     /// A connect succeeded: the failure streak ends.
     pub(crate) fn connect_ok(&self) {
         self.failures.store(0, Ordering::Relaxed);

@@ -97,6 +97,42 @@ async fn half_close_target_to_client() {
 }
 
 #[tokio::test]
+async fn target_reset_mid_stream_resets_the_client() {
+    // The backend sends part of a reply, then resets (SO_LINGER 0). A FIN to the
+    // client would make the partial reply look complete.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        // The client's request: the proxy's connect is complete (a reset before
+        // it would fail the connect instead).
+        let mut req = [0u8; 2];
+        s.read_exact(&mut req).await.unwrap();
+        s.write_all(b"partial").await.unwrap();
+        socket2::SockRef::from(&s)
+            .set_linger(Some(std::time::Duration::ZERO))
+            .unwrap();
+        drop(s);
+    });
+    let p = Proxy::start(&config(&[app("rst", &["127.0.0.1:0"], &[backend], "")])).await;
+    let mut c = TcpStream::connect(p.addr("rst")).await.unwrap();
+    c.write_all(b"go").await.unwrap();
+    let mut got = Vec::new();
+    let r = within("client sees the end", c.read_to_end(&mut got)).await;
+    assert_eq!(
+        r.map_err(|e| e.kind()),
+        Err(ErrorKind::ConnectionReset),
+        "a target reset reached the client as a clean close after {got:?}"
+    );
+    let closed = p.scrape().value(
+        "fproxy_tcp_connections_closed_total",
+        &[("app", "rst"), ("reason", "target_error")],
+    );
+    assert_eq!(closed, 1.0);
+    p.stop().await;
+}
+
+#[tokio::test]
 async fn dead_target_is_skipped() {
     let live = tagged_backend(b'L').await;
     let p = Proxy::start(&config(&[app(

@@ -16,7 +16,9 @@ use super::AppLabels;
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RefusedLabels {
     pub app: String,
-    /// `limit` (over max_connections) or `no_target` (no target connected).
+    /// `limit` (over max_connections), `no_target` (no target connected) or
+    /// `local` (this process ran out of file descriptors, buffers or local ports
+    /// while connecting: not the targets' fault).
     pub reason: &'static str,
 }
 
@@ -135,7 +137,7 @@ impl TcpMetrics {
         );
         r.register(
             "connections_refused",
-            "Client connections reset at once, by reason (limit, no_target)",
+            "Client connections reset at once, by reason (limit, no_target, local)",
             m.refused.clone(),
         );
         r.register(
@@ -220,6 +222,10 @@ impl TcpMetrics {
             refused_no_target: self.refused.get_or_create_owned(&RefusedLabels {
                 app: app.into(),
                 reason: "no_target",
+            }),
+            refused_local: self.refused.get_or_create_owned(&RefusedLabels {
+                app: app.into(),
+                reason: "local",
             }),
         }
     }
@@ -347,7 +353,7 @@ impl TcpMetrics {
         self.accepted.remove(&l);
         self.active.remove(&l);
         self.retries.remove(&l);
-        for reason in ["limit", "no_target"] {
+        for reason in ["limit", "no_target", "local"] {
             self.refused.remove(&RefusedLabels {
                 app: app.into(),
                 reason,
@@ -364,6 +370,7 @@ pub struct AppHandles {
     pub retries: Counter,
     pub refused_limit: Counter,
     pub refused_no_target: Counter,
+    pub refused_local: Counter,
 }
 
 /// Per-target handles, resolved when a target enters the config.

@@ -1,23 +1,79 @@
 //! Finding a target that accepts: strategy pick, then failover along the list.
 
+use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
 
+use nix::errno::Errno;
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 
 use super::Route;
 use crate::dns::Resolver;
+use crate::loglimit::LogLimit;
 use crate::strategy::Pick;
 
-/// Why no target took a connection. Every attempt happens before a byte of the client's
-/// data is read, so retrying on another target (or another instance) is always safe.
+/// Which side a failed connect is blamed on (pingora's `ErrorSource` in spirit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// This process or host ran out of something (file descriptors, socket
+    /// buffers, memory, local ports). Says nothing about the targets: it counts
+    /// toward no ejection and no health verdict.
+    Local,
+    /// The target refused, reset, timed out or could not be resolved.
+    Target,
+}
+
+impl Side {
+    /// Blames a connect error: resource exhaustion here is [`Side::Local`], the
+    /// rest is the target's.
+    pub fn of(e: &io::Error) -> Side {
+        match e.raw_os_error().map(Errno::from_raw) {
+            Some(
+                Errno::EMFILE
+                | Errno::ENFILE
+                | Errno::ENOBUFS
+                | Errno::ENOMEM
+                | Errno::EADDRNOTAVAIL,
+            ) => Side::Local,
+            _ => Side::Target,
+        }
+    }
+}
+
+/// Why no target took a connection.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
+    /// Every target tried failed (or the deadline passed).
     #[error("no target connected within {deadline:?}; last error: {last}")]
     Exhausted {
         deadline: std::time::Duration,
         last: String,
     },
+    /// A local resource ran out while connecting to `addr`; the targets were
+    /// not at fault, and no further target was tried (they would fail the same way).
+    #[error("local resource exhausted connecting to {addr}: {source}")]
+    Local {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl ConnectError {
+    /// Who is to blame.
+    pub fn side(&self) -> Side {
+        match self {
+            ConnectError::Exhausted { .. } => Side::Target,
+            ConnectError::Local { .. } => Side::Local,
+        }
+    }
+
+    /// Whether the client may safely retry the connection (here or elsewhere).
+    /// Always: every attempt happens before a byte of the client's data is read.
+    pub fn retry_safe(&self) -> bool {
+        true
+    }
 }
 
 /// A connected target.
@@ -41,6 +97,22 @@ pub async fn connect(
     resolver: &Resolver,
     client: SocketAddr,
 ) -> Result<Connected, ConnectError> {
+    connect_with(route, resolver, client, TcpStream::connect).await
+}
+
+/// [`connect`], opening sockets with `dial`.
+pub(crate) async fn connect_with<D, F>(
+    route: &Route,
+    resolver: &Resolver,
+    client: SocketAddr,
+    dial: D,
+) -> Result<Connected, ConnectError>
+where
+    D: Fn(SocketAddr) -> F,
+    F: Future<Output = io::Result<TcpStream>>,
+{
+    /// Every client of an app with every target down would log this line.
+    static ALL_DOWN: LogLimit = LogLimit::per_second();
     let cfg = &route.config;
     let deadline = Instant::now() + cfg.connect_deadline;
     let n = route.targets.len();
@@ -59,7 +131,9 @@ pub async fn connect(
     // Fail open: when every target is down, all are tried anyway.
     let any_up = route.states.iter().any(|s| s.available(now_ms));
     if !any_up {
-        tracing::warn!(app = %route.app.name, "every target is down; trying them all");
+        if let Some(suppressed) = ALL_DOWN.allow() {
+            tracing::warn!(app = %route.app.name, suppressed, "every target is down; trying them all");
+        }
     }
     let tries = (0..n)
         .map(|k| (first + k) % n)
@@ -105,7 +179,7 @@ pub async fn connect(
             };
             slot.traffic.attempts.inc();
             let attempt = Instant::now();
-            match timeout(left.min(cfg.connect_timeout), TcpStream::connect(addr)).await {
+            match timeout(left.min(cfg.connect_timeout), dial(addr)).await {
                 Ok(Ok(stream)) => {
                     slot.traffic
                         .connect_duration
@@ -117,6 +191,11 @@ pub async fn connect(
                         addr,
                         retries,
                     });
+                }
+                Ok(Err(e)) if Side::of(&e) == Side::Local => {
+                    // Not the target's failure: no failure count, no ejection.
+                    // Other targets would fail alike, so the client is answered now.
+                    return Err(ConnectError::Local { addr, source: e });
                 }
                 Ok(Err(e)) => {
                     slot.traffic.refused.inc();
@@ -210,6 +289,50 @@ mod tests {
         tokio::time::advance(Duration::from_millis(1_001)).await;
         assert!(!t.is_ejected(r.now_ms()));
         assert_eq!(t.ejections(), 2);
+    }
+
+    /// A dialer that fails every attempt with `errno`.
+    fn failing(errno: Errno) -> impl Fn(SocketAddr) -> std::future::Ready<io::Result<TcpStream>> {
+        move |_| std::future::ready(Err(io::Error::from_raw_os_error(errno as i32)))
+    }
+
+    /// Running out of fds (or buffers, or ports) here is not the target's fault:
+    /// no failure is counted and nothing is ejected, however often it happens;
+    /// a refusal by the target is counted and ejects.
+    #[tokio::test(start_paused = true)]
+    async fn local_errors_do_not_count_against_targets() {
+        let r = route(r#","passive":{"consecutive_failures":1,"base_ejection":"10s"}"#);
+        let resolver = Resolver::from_system();
+        let client: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        for errno in [
+            Errno::EMFILE,
+            Errno::ENFILE,
+            Errno::ENOBUFS,
+            Errno::ENOMEM,
+            Errno::EADDRNOTAVAIL,
+        ] {
+            for _ in 0..5 {
+                let e = connect_with(&r, &resolver, client, failing(errno))
+                    .await
+                    .unwrap_err();
+                assert_eq!(e.side(), Side::Local, "{errno}: {e}");
+                assert!(e.retry_safe());
+                assert!(matches!(e, ConnectError::Local { .. }), "{e}");
+            }
+        }
+        let now = r.now_ms();
+        for s in &r.states {
+            assert_eq!(s.failures(), 0, "{} blamed for a local error", s.target);
+            assert!(!s.is_ejected(now));
+        }
+        assert!(r.targets.iter().all(|t| t.traffic.refused.get() == 0));
+
+        // The contrast: a refusal is the target's, and ejects at once here.
+        let e = connect_with(&r, &resolver, client, failing(Errno::ECONNREFUSED))
+            .await
+            .unwrap_err();
+        assert_eq!(e.side(), Side::Target);
+        assert!(r.states.iter().any(|s| s.is_ejected(r.now_ms())));
     }
 
     /// At most max_ejected_percent of targets are out at once (at least one may be).

@@ -4,6 +4,8 @@
 //! write shutdown on the other while the opposite direction keeps flowing (TCP
 //! half-close). The connection ends when both directions have seen their FIN, when
 //! either side errors, or when no byte has moved either way for the idle timeout.
+//! A target error ([`End::TargetError`]) is passed on to the client as a reset by
+//! the caller, so a reply cut short by the target never looks complete.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;

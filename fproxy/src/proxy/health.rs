@@ -4,6 +4,8 @@
 //! out. Checks run in their own task, off the request path: choosing a target only
 //! reads the verdict.
 
+use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -12,9 +14,10 @@ use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::{Route, Shared, TargetSlot};
+use super::{Route, Shared, Side, TargetSlot};
 use crate::config::tcp::{defaults, HealthCheck};
 use crate::dns::Resolver;
+use crate::loglimit::LogLimit;
 
 /// Most bytes of a probe answer read while looking for `expect`.
 const MAX_ANSWER: usize = 4096;
@@ -66,10 +69,39 @@ fn refresh_ejections(route: &Route) {
 }
 
 async fn check(app: &str, slot: &TargetSlot, hc: &HealthCheck, resolver: &Resolver) {
+    check_with(app, slot, hc, resolver, TcpStream::connect).await
+}
+
+/// [`check`], opening sockets with `dial`.
+async fn check_with<D, F>(
+    app: &str,
+    slot: &TargetSlot,
+    hc: &HealthCheck,
+    resolver: &Resolver,
+    dial: D,
+) where
+    D: Fn(SocketAddr) -> F,
+    F: Future<Output = io::Result<TcpStream>>,
+{
+    /// One line per second for all endpoints: fd exhaustion hits every check.
+    static LOCAL: LogLimit = LogLimit::per_second();
     let state = &slot.state;
-    let ok = tokio::time::timeout(hc.timeout, probe(state.addr, &state.target, hc, resolver))
-        .await
-        .unwrap_or(false);
+    let probed = tokio::time::timeout(
+        hc.timeout,
+        probe(state.addr, &state.target, hc, resolver, dial),
+    )
+    .await
+    .unwrap_or(Ok(false));
+    let ok = match probed {
+        Ok(ok) => ok,
+        Err(e) => {
+            // Out of fds or ports here: the target's verdict stays as it was.
+            if let Some(suppressed) = LOCAL.allow() {
+                tracing::warn!(app, target = %state.target, addr = ?state.addr, error = %e, suppressed, "health check skipped: local resources exhausted");
+            }
+            return;
+        }
+    };
     match state.record_check(ok, hc.rise, hc.fall) {
         Some(true) => {
             slot.health.healthy.set(1);
@@ -86,31 +118,38 @@ async fn check(app: &str, slot: &TargetSlot, hc: &HealthCheck, resolver: &Resolv
 }
 
 /// Checks the endpoint's own address, or every address of a name not resolved by
-/// discovery yet.
-async fn probe(
+/// discovery yet. An error is a local failure (see [`Side`]): no verdict.
+async fn probe<D, F>(
     addr: Option<SocketAddr>,
     target: &crate::config::Target,
     hc: &HealthCheck,
     resolver: &Resolver,
-) -> bool {
+    dial: D,
+) -> io::Result<bool>
+where
+    D: Fn(SocketAddr) -> F,
+    F: Future<Output = io::Result<TcpStream>>,
+{
     let addrs = match addr {
         Some(a) => vec![a],
         None => match resolver.resolve(target).await {
             Ok(a) => a,
-            Err(_) => return false,
+            Err(_) => return Ok(false),
         },
     };
     for addr in addrs {
-        let Ok(mut s) = TcpStream::connect(addr).await else {
-            continue;
+        let mut s = match dial(addr).await {
+            Ok(s) => s,
+            Err(e) if Side::of(&e) == Side::Local => return Err(e),
+            Err(_) => continue,
         };
         if let Some(send) = &hc.send {
             if s.write_all(send.as_bytes()).await.is_err() {
-                return false;
+                return Ok(false);
             }
         }
         let Some(expect) = &hc.expect else {
-            return true;
+            return Ok(true);
         };
         let mut answer = Vec::new();
         let mut buf = [0u8; 512];
@@ -120,14 +159,60 @@ async fn probe(
                 Ok(n) => answer.extend_from_slice(&buf[..n]),
             }
             if contains(&answer, expect.as_bytes()) {
-                return true;
+                return Ok(true);
             }
         }
-        return false;
+        return Ok(false);
     }
-    false
+    Ok(false)
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use nix::errno::Errno;
+
+    use super::*;
+    use crate::config::Validator;
+    use crate::metrics::Metrics;
+    use crate::proxy::Resolved;
+    use crate::strategy::Registry;
+
+    fn failing(errno: Errno) -> impl Fn(SocketAddr) -> std::future::Ready<io::Result<TcpStream>> {
+        move |_| std::future::ready(Err(io::Error::from_raw_os_error(errno as i32)))
+    }
+
+    /// A check that cannot open a socket here (out of fds) gives no verdict: with
+    /// `fall: 1` a single blamed failure would take the target down.
+    #[tokio::test(start_paused = true)]
+    async fn local_errors_give_no_verdict() {
+        let json = r#"{"apps":[{"name":"a","ports":[1],"targets":["10.0.0.1:1"],"health_check":{"fall":1,"rise":1}}]}"#;
+        let registry = Registry::default();
+        let config = Validator::new(registry.names()).parse(json).unwrap();
+        let app = Arc::new(config.apps.into_iter().next().unwrap());
+        let route = Route::build(app, &registry, None, &Resolved::new(), &Metrics::new());
+        let hc = route.config.health_check.clone().unwrap();
+        let slot = &route.targets[0];
+        let resolver = Resolver::from_system();
+        for errno in [
+            Errno::EMFILE,
+            Errno::ENFILE,
+            Errno::ENOBUFS,
+            Errno::EADDRNOTAVAIL,
+        ] {
+            check_with("a", slot, &hc, &resolver, failing(errno)).await;
+            assert!(slot.state.is_healthy(), "{errno} marked the target down");
+        }
+        assert_eq!(slot.health.down.get(), 0);
+        check_with("a", slot, &hc, &resolver, failing(Errno::ECONNREFUSED)).await;
+        assert!(
+            !slot.state.is_healthy(),
+            "a refusal is the target's failure"
+        );
+    }
 }

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-pub use connect::{connect, ConnectError, Connected};
+pub use connect::{connect, ConnectError, Connected, Side};
 pub use copy::{bidirectional, Copied, End};
 
 use crate::admin::status::{AppStatus, EndpointStatus, TcpStatus};
@@ -31,6 +31,7 @@ use crate::app::{App, BoxFuture};
 use crate::config::{AppConfig, Kind, Target, TcpConfig};
 use crate::dns::Resolver;
 use crate::listener::{BoundSet, Handler, Listener, Listeners};
+use crate::loglimit::LogLimit;
 use crate::metrics::tcp::{AppHandles, EndpointHandles, TargetHandles};
 use crate::metrics::Metrics;
 use crate::strategy::{Registry, Strategy, TargetState};
@@ -428,8 +429,11 @@ impl Handler for AppHandler {
         // own timeout; a fast reset lets it retry elsewhere.
         if shared.active.fetch_add(1, Ordering::AcqRel) >= route.config.max_connections {
             shared.active.fetch_sub(1, Ordering::AcqRel);
+            static LIMIT: LogLimit = LogLimit::per_second();
             shared.app_metrics.refused_limit.inc();
-            tracing::debug!(app = %route.app.name, client = %peer, "connection limit reached; refused");
+            if let Some(suppressed) = LIMIT.allow() {
+                tracing::warn!(app = %route.app.name, client = %peer, limit = route.config.max_connections, suppressed, "connection limit reached; resetting client");
+            }
             reset(stream);
             return;
         }
@@ -472,9 +476,20 @@ async fn serve(
             shared.app_metrics.retries.inc_by(u64::from(c.retries));
             c
         }
+        Err(e) if e.side() == Side::Local => {
+            static LOCAL: LogLimit = LogLimit::per_second();
+            shared.app_metrics.refused_local.inc();
+            if let Some(suppressed) = LOCAL.allow() {
+                tracing::warn!(app = %name, client = %peer, error = %e, suppressed, "local resources exhausted (file descriptors, buffers or ports), not a target failure; resetting client");
+            }
+            return reset(client);
+        }
         Err(e) => {
+            static NO_TARGET: LogLimit = LogLimit::per_second();
             shared.app_metrics.refused_no_target.inc();
-            tracing::warn!(app = %name, client = %peer, error = %e, "no target available; resetting client");
+            if let Some(suppressed) = NO_TARGET.allow() {
+                tracing::warn!(app = %name, client = %peer, error = %e, suppressed, "no target available; resetting client");
+            }
             return reset(client);
         }
     };
@@ -492,6 +507,12 @@ async fn serve(
     };
     slot.state.closed();
     traffic.active.dec();
+    // A target that failed mid-stream (a reset, say) must not look like a clean
+    // close to the client: its reply may be cut short. Pass the failure on as a
+    // reset; a FIN would tell the client the reply is complete.
+    if copied.is_some_and(|c| c.end == End::TargetError) {
+        let _ = SockRef::from(&client).set_linger(Some(Duration::ZERO));
+    }
     let reason = copied.map_or("drain_timeout", |c| c.end.as_str());
     traffic.close(reason);
     tracing::debug!(
