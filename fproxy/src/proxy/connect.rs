@@ -233,7 +233,9 @@ fn passive_failure(route: &Route, index: usize) {
     }
     let n = state.ejections() + 1;
     let length = p.base_ejection.saturating_mul(n);
-    state.eject(now + length.as_millis() as u64);
+    // Saturating: the n-th ejection of a long base must not wrap to "never ejected".
+    let length_ms = u64::try_from(length.as_millis()).unwrap_or(u64::MAX);
+    state.eject(now.saturating_add(length_ms));
     let health = &route.targets[index].health;
     health.ejections.inc();
     health.ejected.set(1);
