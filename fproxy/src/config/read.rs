@@ -326,7 +326,9 @@ mod tests {
         while busy.lock().unwrap().is_some() {
             tokio::task::yield_now().await;
         }
-        assert_eq!(reader.run(|| Ok::<_, ReadError>(7)).await.unwrap(), 7);
+        // Blocking wait: with the clock paused, an async wait would time out while
+        // the thread (which tokio does not track) has yet to run.
+        assert_eq!(reader.run_blocking(|| Ok::<_, ReadError>(7)).unwrap(), 7);
     }
 
     #[test]
