@@ -266,7 +266,9 @@ async fn reload_on_hangup(mut hangup: tokio::signal::unix::Signal, reloader: Rel
         tracing::info!("SIGHUP: reloading config");
         match reloader.reload().await {
             // The daemon logs the outcome itself (applied, unchanged or refused).
-            Ok(r) => tracing::debug!(result = %r.result, version = r.version, "SIGHUP: reload done"),
+            Ok(r) => {
+                tracing::debug!(result = %r.result, version = r.version, "SIGHUP: reload done")
+            }
             Err(ReloadError::Unsupported(why)) => {
                 tracing::warn!(%why, "SIGHUP: the config source cannot reload; keeping the running config")
             }

@@ -56,7 +56,10 @@ impl Bin {
                     return line;
                 }
             }
-            panic!("fproxy exited before logging {what:?}; log:\n{}", self.seen.join("\n"));
+            panic!(
+                "fproxy exited before logging {what:?}; log:\n{}",
+                self.seen.join("\n")
+            );
         })
         .await
     }
@@ -82,7 +85,9 @@ impl Bin {
     /// SIGTERM; asserts the process exits 0.
     async fn stop(mut self) {
         self.signal(Signal::SIGTERM);
-        let status = within("exit after SIGTERM", self.child.wait()).await.unwrap();
+        let status = within("exit after SIGTERM", self.child.wait())
+            .await
+            .unwrap();
         assert!(status.success(), "{status}");
     }
 }
@@ -225,7 +230,10 @@ async fn sighup_rereads_the_config_and_keeps_serving() {
     let b = bin.addr("listening app=\"b\"");
     ping(b, b"new app").await.unwrap();
     ping(a, b"old app").await.unwrap();
-    assert!(bin.child.try_wait().unwrap().is_none(), "SIGHUP ended fproxy");
+    assert!(
+        bin.child.try_wait().unwrap().is_none(),
+        "SIGHUP ended fproxy"
+    );
     bin.stop().await;
 }
 
@@ -409,7 +417,10 @@ async fn a_directory_config_is_refused_by_name() {
         Event::Refused { error } => error,
         other => panic!("not refused: {other:?}"),
     };
-    assert!(body.ends_with("is a directory, not a regular file"), "{body}");
+    assert!(
+        body.ends_with("is a directory, not a regular file"),
+        "{body}"
+    );
     ping(p.addr("a"), b"still serving").await.unwrap();
     p.stop().await;
 }

@@ -122,7 +122,9 @@ impl Reader {
         })?;
         match rx.recv_timeout(self.timeout) {
             Ok(r) => r,
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(ReadError::Timeout(self.timeout)),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                Err(ReadError::Timeout(self.timeout))
+            }
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(ReadError::Died),
         }
     }
@@ -235,7 +237,10 @@ mod tests {
         let e = Reader::default().read_blocking(dir.path()).unwrap_err();
         assert_eq!(e.to_string(), "is a directory, not a regular file");
         let e = e.for_path(dir.path()).to_string();
-        assert!(e.starts_with(&format!("cannot read {}: ", dir.path().display())), "{e}");
+        assert!(
+            e.starts_with(&format!("cannot read {}: ", dir.path().display())),
+            "{e}"
+        );
     }
 
     #[test]
@@ -309,12 +314,13 @@ mod tests {
             "reading it took longer than 5s (a hung network or FUSE mount?); the read is abandoned"
         );
         // Still stuck: refused at once rather than piling up threads.
-        let e = reader
-            .run(|| Ok::<_, ReadError>(1))
-            .await
-            .unwrap_err();
+        let e = reader.run(|| Ok::<_, ReadError>(1)).await.unwrap_err();
         assert!(matches!(e, ReadError::Stuck(_)), "{e}");
-        assert!(e.to_string().starts_with("an earlier read of it has been stuck for"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("an earlier read of it has been stuck for"),
+            "{e}"
+        );
         // The blocking path shares the limit.
         let e = reader.run_blocking(|| Ok::<_, ReadError>(1)).unwrap_err();
         assert!(matches!(e, ReadError::Stuck(_)), "{e}");
