@@ -15,7 +15,7 @@ use notify::event::{AccessKind, AccessMode, EventKind};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-use crate::config::read::{read_regular, ReadError, Reader};
+use crate::config::read::{read_regular, ReadError, Reader, MAX_SIZE, READ_TIMEOUT};
 use crate::config::{Config, ConfigError, Validator};
 
 /// What a source sends the daemon.
@@ -143,6 +143,22 @@ impl Subscription {
 pub struct FileWatcher {
     path: PathBuf,
     debounce: Duration,
+    read_timeout: Duration,
+    /// Runs before each re-read, on the reading thread (tests make reads hang).
+    #[cfg(test)]
+    stall: Option<Stall>,
+}
+
+/// A hook that can hold up a read, as a hung mount would.
+#[cfg(test)]
+#[derive(Clone)]
+struct Stall(Arc<dyn Fn() + Send + Sync>);
+
+#[cfg(test)]
+impl std::fmt::Debug for Stall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Stall")
+    }
 }
 
 impl FileWatcher {
@@ -150,12 +166,22 @@ impl FileWatcher {
         FileWatcher {
             path: path.into(),
             debounce: Duration::from_millis(50),
+            read_timeout: READ_TIMEOUT,
+            #[cfg(test)]
+            stall: None,
         }
     }
 
     /// Quiet time after the last event before the file is read.
     pub fn debounce(mut self, d: Duration) -> Self {
         self.debounce = d;
+        self
+    }
+
+    /// How long one read may take before it is refused (default
+    /// [`READ_TIMEOUT`], 5 s).
+    pub fn read_timeout(mut self, d: Duration) -> Self {
+        self.read_timeout = d;
         self
     }
 }
@@ -179,6 +205,8 @@ struct Follow {
     dir: PathBuf,
     watches: Arc<Mutex<Watches>>,
     chain: Arc<Mutex<Vec<PathBuf>>>,
+    #[cfg(test)]
+    stall: Option<Stall>,
 }
 
 impl Follow {
@@ -305,7 +333,9 @@ impl ConfigSubscriber for FileWatcher {
 
         // Everything that touches the file system runs on the reader's thread, within
         // its time limit: a hung mount must not hang the caller.
-        let reader = Reader::default();
+        let reader = Reader::new(self.read_timeout, MAX_SIZE);
+        #[cfg(test)]
+        let stall = self.stall.clone();
         let max = reader.max_size();
         let (follow, text) = {
             let (file, watches, chain) = (path.clone(), watches.clone(), chain.clone());
@@ -322,6 +352,8 @@ impl ConfigSubscriber for FileWatcher {
                         dir,
                         watches,
                         chain,
+                        #[cfg(test)]
+                        stall,
                     };
                     follow.refresh();
                     let text = read_regular(&follow.path, max)?;
@@ -425,6 +457,10 @@ async fn reload_loop(
         let f = follow.clone();
         let read = reader
             .run(move || {
+                #[cfg(test)]
+                if let Some(stall) = &f.stall {
+                    (stall.0)();
+                }
                 f.refresh();
                 read_regular(&f.path, max)
             })
@@ -453,5 +489,107 @@ async fn reload_loop(
         if tx.send(update).is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+    use crate::daemon::{Daemon, ReloadError};
+    use crate::strategy::Registry;
+
+    /// A read that hangs (a hung NFS or FUSE mount) is refused at the time limit by
+    /// name; while it stays stuck, later reloads are refused at once; once it returns,
+    /// reloads work again; and shutdown never waits for a stuck read.
+    #[tokio::test]
+    async fn a_hung_read_wedges_neither_reloads_nor_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.json");
+        std::fs::write(
+            &path,
+            r#"{"apps":[{"name":"a","listen":["127.0.0.1:0"],"targets":["127.0.0.1:9"]}]}"#,
+        )
+        .unwrap();
+        // Armed, a read waits on the gate (a std mutex: it blocks the thread).
+        let armed = Arc::new(AtomicBool::new(false));
+        let gate = Arc::new(Mutex::new(()));
+        let stall = {
+            let (armed, gate) = (armed.clone(), gate.clone());
+            Stall(Arc::new(move || {
+                if armed.load(Ordering::SeqCst) {
+                    drop(lock(&gate));
+                }
+            }))
+        };
+        let mut watcher = FileWatcher::new(&path).read_timeout(Duration::from_millis(300));
+        watcher.stall = Some(stall);
+        let daemon = Daemon::new(Registry::default());
+        let reloader = daemon.reloader();
+        let sub = watcher.subscribe(daemon.validator()).unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(daemon.run(sub, async {
+            let _ = stopped.await;
+        }));
+        let wait = Duration::from_secs(10);
+        let reload = || async {
+            tokio::time::timeout(wait, reloader.reload())
+                .await
+                .expect("a reload answer")
+        };
+        assert_eq!(reload().await.unwrap().result, "unchanged");
+
+        let held = lock(&gate);
+        armed.store(true, Ordering::SeqCst);
+        let r = reload().await.unwrap();
+        assert_eq!(r.result, "refused");
+        let error = r.error.unwrap_or_default();
+        assert_eq!(
+            error,
+            format!(
+                "cannot read {}: reading it took longer than 300ms (a hung network or FUSE mount?); the read is abandoned",
+                path.display()
+            )
+        );
+        let r = reload().await.unwrap();
+        assert_eq!(r.result, "refused");
+        let error = r.error.unwrap_or_default();
+        assert!(
+            error.contains("an earlier read of it has been stuck for"),
+            "{error}"
+        );
+
+        // Unstuck: reloads work again (once the abandoned thread has returned).
+        armed.store(false, Ordering::SeqCst);
+        drop(held);
+        let mut result = String::new();
+        for _ in 0..100 {
+            result = reload().await.unwrap().result;
+            if result != "refused" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(result, "unchanged");
+
+        // Stuck again, then shut down: the daemon stops without waiting for the read.
+        let _held = lock(&gate);
+        armed.store(true, Ordering::SeqCst);
+        let pending = tokio::spawn({
+            let reloader = reloader.clone();
+            async move { reloader.reload().await }
+        });
+        let _ = stop.send(());
+        tokio::time::timeout(wait, task)
+            .await
+            .expect("shutdown with a read stuck")
+            .unwrap()
+            .unwrap();
+        let answer = tokio::time::timeout(wait, pending).await.unwrap().unwrap();
+        assert!(
+            matches!(answer, Ok(_) | Err(ReloadError::Stopped)),
+            "{answer:?}"
+        );
     }
 }
