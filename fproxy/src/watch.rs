@@ -494,7 +494,7 @@ async fn reload_loop(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Condvar;
 
     use super::*;
     use crate::daemon::{Daemon, ReloadError};
@@ -512,21 +512,24 @@ mod tests {
             r#"{"apps":[{"name":"a","listen":["127.0.0.1:0"],"targets":["127.0.0.1:9"]}]}"#,
         )
         .unwrap();
-        // Armed, a read waits on the gate (a std mutex: it blocks the thread).
-        let armed = Arc::new(AtomicBool::new(false));
-        let gate = Arc::new(Mutex::new(()));
+        // While the gate is closed, a read blocks its thread (as in a hung mount).
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let close = |closed: bool| {
+            *lock(&gate.0) = closed;
+            gate.1.notify_all();
+        };
         let stall = {
-            let (armed, gate) = (armed.clone(), gate.clone());
+            let gate = gate.clone();
             Stall(Arc::new(move || {
-                if armed.load(Ordering::SeqCst) {
-                    drop(lock(&gate));
-                }
+                let closed = lock(&gate.0);
+                drop(gate.1.wait_while(closed, |c| *c));
             }))
         };
         let mut watcher = FileWatcher::new(&path).read_timeout(Duration::from_millis(300));
         watcher.stall = Some(stall);
         let daemon = Daemon::new(Registry::default());
         let reloader = daemon.reloader();
+        let mut events = daemon.events();
         let sub = watcher.subscribe(daemon.validator()).unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(daemon.run(sub, async {
@@ -538,10 +541,15 @@ mod tests {
                 .await
                 .expect("a reload answer")
         };
+        // The first config, then a reload that reads it again.
+        let first = tokio::time::timeout(wait, events.recv()).await.unwrap();
+        assert!(
+            matches!(first, Ok(crate::daemon::Event::Applied(_))),
+            "{first:?}"
+        );
         assert_eq!(reload().await.unwrap().result, "unchanged");
 
-        let held = lock(&gate);
-        armed.store(true, Ordering::SeqCst);
+        close(true);
         let r = reload().await.unwrap();
         assert_eq!(r.result, "refused");
         let error = r.error.unwrap_or_default();
@@ -561,8 +569,7 @@ mod tests {
         );
 
         // Unstuck: reloads work again (once the abandoned thread has returned).
-        armed.store(false, Ordering::SeqCst);
-        drop(held);
+        close(false);
         let mut result = String::new();
         for _ in 0..100 {
             result = reload().await.unwrap().result;
@@ -574,8 +581,7 @@ mod tests {
         assert_eq!(result, "unchanged");
 
         // Stuck again, then shut down: the daemon stops without waiting for the read.
-        let _held = lock(&gate);
-        armed.store(true, Ordering::SeqCst);
+        close(true);
         let pending = tokio::spawn({
             let reloader = reloader.clone();
             async move { reloader.reload().await }
@@ -591,5 +597,6 @@ mod tests {
             matches!(answer, Ok(_) | Err(ReloadError::Stopped)),
             "{answer:?}"
         );
+        close(false);
     }
 }
