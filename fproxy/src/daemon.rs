@@ -87,6 +87,42 @@ pub struct Applied {
     pub admin: Option<SocketAddr>,
 }
 
+/// Asks a running daemon to re-read its config source and waits for the outcome,
+/// as `POST /reload` does; the binary sends it on SIGHUP. Cheap to clone. Requests
+/// made before [`Daemon::run`] starts are answered once it does.
+#[derive(Debug, Clone)]
+pub struct Reloader {
+    requests: mpsc::Sender<Request>,
+}
+
+/// Why [`Reloader::reload`] got no outcome.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReloadError {
+    /// The config source cannot be re-read on demand, or has stopped; says why.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The daemon is not running any more.
+    #[error("the daemon has stopped")]
+    Stopped,
+}
+
+impl Reloader {
+    /// Re-reads the source; the outcome (`applied`, `unchanged` or `refused`, with
+    /// the error) is also logged and recorded like any reload.
+    pub async fn reload(&self) -> Result<Reload, ReloadError> {
+        let (tx, rx) = oneshot::channel();
+        self.requests
+            .send(Request::Reload(tx))
+            .await
+            .map_err(|_| ReloadError::Stopped)?;
+        match rx.await {
+            Ok(ReloadAnswer::Done(r)) => Ok(r),
+            Ok(ReloadAnswer::Unsupported(why)) => Err(ReloadError::Unsupported(why)),
+            Err(_) => Err(ReloadError::Stopped),
+        }
+    }
+}
+
 /// Runs apps from configs. Construct, then [`Daemon::run`] on a subscription, or
 /// drive it yourself with [`Daemon::apply`] and [`Daemon::shutdown`].
 pub struct Daemon {
@@ -140,6 +176,13 @@ impl Daemon {
     /// A validator that knows this daemon's strategies.
     pub fn validator(&self) -> Validator {
         Validator::new(self.registry.names())
+    }
+
+    /// A handle that asks the running daemon to re-read its config source.
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            requests: self.requests.clone(),
+        }
     }
 
     /// The daemon's metrics (what the admin API serves at `/metrics`).

@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use fproxy::admin::{client, table};
 use fproxy::config::{defaults, Kind};
+use fproxy::daemon::{ReloadError, Reloader};
 use fproxy::{ConfigSubscriber, Daemon, FileWatcher, Registry};
 use tracing_subscriber::EnvFilter;
 
@@ -26,7 +27,8 @@ Examples:
   curl -X POST 127.0.0.1:9901/reload   re-read the config now (needs an `admin` section)
 
 Signals: SIGTERM or SIGINT stop accepting, drain open connections (up to each app's
-drain_timeout), then exit 0. Editing the config file reloads it live.";
+drain_timeout), then exit 0. SIGHUP re-reads the config file (like POST /reload).
+Editing the config file reloads it live.";
 
 /// A programmable L4 proxy with live, zero-downtime config reloads.
 #[derive(Debug, Parser)]
@@ -209,11 +211,17 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     let path = config_path(cli.config.clone())?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
+        // Before the first load: until a handler is installed SIGHUP kills the process.
+        let hangup = hangup_signal();
         let daemon = Daemon::new(Registry::default());
+        let reloader = daemon.reloader();
         let subscription = FileWatcher::new(&path)
             .subscribe(daemon.validator())
             .with_context(|| format!("cannot load {}", path.display()))?;
         tracing::info!(config = %path.display(), "fproxy starting");
+        if let Some(hangup) = hangup {
+            tokio::spawn(reload_on_hangup(hangup, reloader));
+        }
         daemon.run(subscription, shutdown_signal()).await?;
         tracing::info!("fproxy stopped");
         Ok(())
@@ -237,6 +245,37 @@ async fn shutdown_signal() {
             // without draining; say so rather than fail to start.
             tracing::warn!("cannot install signal handlers; shutdown will not drain");
             std::future::pending::<()>().await
+        }
+    }
+}
+
+/// The SIGHUP stream; `None` (logged) when the handler cannot be installed.
+fn hangup_signal() -> Option<tokio::signal::unix::Signal> {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot install a SIGHUP handler; SIGHUP will stop the process");
+            None
+        }
+    }
+}
+
+/// SIGHUP re-reads the config source, as `POST /reload` does (what systemd's
+/// `ExecReload=kill -HUP $MAINPID` expects). SIGHUPs that arrive during a reload are
+/// merged into one more.
+async fn reload_on_hangup(mut hangup: tokio::signal::unix::Signal, reloader: Reloader) {
+    while hangup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading config");
+        match reloader.reload().await {
+            // The daemon logs the outcome itself (applied, unchanged or refused).
+            Ok(r) => {
+                tracing::debug!(result = %r.result, version = r.version, "SIGHUP: reload done")
+            }
+            Err(ReloadError::Unsupported(why)) => {
+                tracing::warn!(%why, "SIGHUP: the config source cannot reload; keeping the running config")
+            }
+            Err(ReloadError::Stopped) => return,
         }
     }
 }

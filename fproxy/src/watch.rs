@@ -6,14 +6,16 @@
 //! daemon only consumes [`Update`]s, so a new source (Redis pub/sub, an API) needs
 //! no daemon change.
 
-use std::io;
-use std::path::PathBuf;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use notify::event::{AccessKind, AccessMode, EventKind};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
+use crate::config::read::{read_regular, ReadError, Reader, MAX_SIZE, READ_TIMEOUT};
 use crate::config::{Config, ConfigError, Validator};
 
 /// What a source sends the daemon.
@@ -123,14 +125,40 @@ impl Subscription {
 ///
 /// Editors save by writing a temporary file and renaming it over the old one, which
 /// silences a watch on the file's inode; so the parent directory is watched and
-/// events are filtered on the file name. Bursts of events are debounced, the file
-/// is re-read only when its content changed, and a briefly missing file keeps the
-/// running config. A refresh ([`Subscription::refresh`]) re-reads at once and always
-/// sends what it read, changed or not, and a missing file is then an error.
+/// events are filtered on the file name. When the path is a symlink, the directory of
+/// every link it leads through and of the file it finally names are watched too, so
+/// an in-place edit of a target elsewhere is seen; the chain is resolved again before
+/// every read, so a repointed link (or a Kubernetes `..data` swap) moves the watches
+/// with it. Bursts of events are debounced, the file is re-read only when its content
+/// changed, and a briefly missing file keeps the running config. A refresh
+/// ([`Subscription::refresh`]) re-reads at once and always sends what it read,
+/// changed or not, and a missing file is then an error.
+///
+/// Reads never block the async runtime and are bounded: only regular files of at most
+/// [`MAX_SIZE`](crate::config::read::MAX_SIZE) bytes, each read within
+/// [`READ_TIMEOUT`](crate::config::read::READ_TIMEOUT), one at a time (see
+/// [`crate::config::read`]). The first read, in [`ConfigSubscriber::subscribe`],
+/// waits on the calling thread for at most that limit.
 #[derive(Debug, Clone)]
 pub struct FileWatcher {
     path: PathBuf,
     debounce: Duration,
+    read_timeout: Duration,
+    /// Runs before each re-read, on the reading thread (tests make reads hang).
+    #[cfg(test)]
+    stall: Option<Stall>,
+}
+
+/// A hook that can hold up a read, as a hung mount would.
+#[cfg(test)]
+#[derive(Clone)]
+struct Stall(Arc<dyn Fn() + Send + Sync>);
+
+#[cfg(test)]
+impl std::fmt::Debug for Stall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Stall")
+    }
 }
 
 impl FileWatcher {
@@ -138,6 +166,9 @@ impl FileWatcher {
         FileWatcher {
             path: path.into(),
             debounce: Duration::from_millis(50),
+            read_timeout: READ_TIMEOUT,
+            #[cfg(test)]
+            stall: None,
         }
     }
 
@@ -145,6 +176,123 @@ impl FileWatcher {
     pub fn debounce(mut self, d: Duration) -> Self {
         self.debounce = d;
         self
+    }
+
+    /// How long one read may take before it is refused (default
+    /// [`READ_TIMEOUT`], 5 s).
+    pub fn read_timeout(mut self, d: Duration) -> Self {
+        self.read_timeout = d;
+        self
+    }
+}
+
+/// At most this many symlinks are followed when finding the directories to watch
+/// (Linux's own limit is 40).
+const MAX_LINKS: usize = 40;
+
+/// The inotify handle and the directories it watches besides the config's own.
+struct Watches {
+    watcher: RecommendedWatcher,
+    extra: BTreeSet<PathBuf>,
+}
+
+/// What a read needs besides the path: the watches to move along the symlink chain,
+/// and the chain the event filter matches against.
+#[derive(Clone)]
+struct Follow {
+    path: PathBuf,
+    /// The config's own directory (canonical); always watched.
+    dir: PathBuf,
+    watches: Arc<Mutex<Watches>>,
+    chain: Arc<Mutex<Vec<PathBuf>>>,
+    #[cfg(test)]
+    stall: Option<Stall>,
+}
+
+impl Follow {
+    /// Resolves the symlink chain again and watches its directories (blocks: call it
+    /// off the runtime). A directory that cannot be watched is logged; the read goes on.
+    fn refresh(&self) {
+        let chain = chain(&self.path);
+        let dirs: BTreeSet<PathBuf> = chain[1..]
+            .iter()
+            .filter_map(|p| p.parent().map(Path::to_path_buf))
+            .filter(|d| *d != self.dir)
+            .collect();
+        // Publish the chain before touching the watcher: the event callback takes this
+        // lock, and the watcher waits for its callback.
+        *lock(&self.chain) = chain;
+        let mut w = lock(&self.watches);
+        if w.extra == dirs {
+            return;
+        }
+        for gone in w.extra.difference(&dirs).cloned().collect::<Vec<_>>() {
+            // A deleted directory (the old target of a `..data` swap) lost its watch
+            // with it; nothing to undo then.
+            if let Err(e) = w.watcher.unwatch(&gone) {
+                tracing::debug!(dir = %gone.display(), error = %e, "config watch: unwatch");
+            }
+        }
+        let mut watched = BTreeSet::new();
+        for dir in dirs {
+            if w.extra.contains(&dir) {
+                watched.insert(dir);
+                continue;
+            }
+            match w.watcher.watch(&dir, RecursiveMode::NonRecursive) {
+                Ok(()) => {
+                    tracing::info!(dir = %dir.display(), "watching the config's symlink target directory");
+                    watched.insert(dir);
+                }
+                Err(e) => tracing::warn!(
+                    dir = %dir.display(),
+                    error = %e,
+                    "cannot watch the config's symlink target directory; edits there are seen only on reload"
+                ),
+            }
+        }
+        w.extra = watched;
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The data (paths, a watcher handle) stays consistent across a panic.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The config path, each symlink it leads through and the file it finally names:
+/// what to watch. Past the first, each has a canonical directory, so a directory is
+/// watched under one name only.
+fn chain(path: &Path) -> Vec<PathBuf> {
+    let mut out = vec![path.to_path_buf()];
+    let mut cur = path.to_path_buf();
+    for _ in 0..MAX_LINKS {
+        let Ok(link) = std::fs::read_link(&cur) else {
+            break;
+        };
+        let next = canonical_dir(&cur.parent().map(|d| d.join(&link)).unwrap_or(link));
+        if out.contains(&next) {
+            break;
+        }
+        out.push(next.clone());
+        cur = next;
+    }
+    if let Ok(real) = std::fs::canonicalize(path) {
+        if !out.contains(&real) {
+            out.push(real);
+        }
+    }
+    out
+}
+
+/// `p` with its directory made canonical (`a/../b/c` -> `/abs/b/c`); as is when the
+/// directory does not resolve.
+fn canonical_dir(p: &Path) -> PathBuf {
+    match (p.parent(), p.file_name()) {
+        (Some(d), Some(n)) => std::fs::canonicalize(d)
+            .map(|d| d.join(n))
+            .unwrap_or_else(|_| p.to_path_buf()),
+        _ => p.to_path_buf(),
     }
 }
 
@@ -164,24 +312,59 @@ impl ConfigSubscriber for FileWatcher {
             .ok_or_else(|| watch_err("is not a file path".into()))?
             .to_os_string();
 
-        let text = crate::config::read_text(&path)?;
-        let initial = validator.parse(&text)?;
-
         // A capacity-1 channel coalesces bursts: one pending wake-up is enough.
         let (wake_tx, wake_rx) = mpsc::channel::<()>(1);
+        let chain = Arc::new(Mutex::new(Vec::new()));
         let file_name = name.clone();
-        let mut watcher: RecommendedWatcher =
+        let targets = chain.clone();
+        let watcher: RecommendedWatcher =
             notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
-                Ok(ev) if relevant(&ev, &file_name) => {
+                Ok(ev) if relevant(&ev, &file_name, &lock(&targets)) => {
                     let _ = wake_tx.try_send(());
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "config watch error"),
             })
             .map_err(|e| watch_err(e.to_string()))?;
-        watcher
-            .watch(&dir, RecursiveMode::NonRecursive)
-            .map_err(|e| watch_err(e.to_string()))?;
+        let watches = Arc::new(Mutex::new(Watches {
+            watcher,
+            extra: BTreeSet::new(),
+        }));
+
+        // Everything that touches the file system runs on the reader's thread, within
+        // its time limit: a hung mount must not hang the caller.
+        let reader = Reader::new(self.read_timeout, MAX_SIZE);
+        #[cfg(test)]
+        let stall = self.stall.clone();
+        let max = reader.max_size();
+        let (follow, text) = {
+            let (file, watches, chain) = (path.clone(), watches.clone(), chain.clone());
+            reader
+                .run_blocking(move || {
+                    let dir = std::fs::canonicalize(&dir)
+                        .map_err(|e| ReadError::Watch(format!("{}: {e}", dir.display())))?;
+                    lock(&watches)
+                        .watcher
+                        .watch(&dir, RecursiveMode::NonRecursive)
+                        .map_err(|e| ReadError::Watch(format!("{}: {e}", dir.display())))?;
+                    let follow = Follow {
+                        path: file,
+                        dir,
+                        watches,
+                        chain,
+                        #[cfg(test)]
+                        stall,
+                    };
+                    follow.refresh();
+                    let text = read_regular(&follow.path, max)?;
+                    Ok((follow, text))
+                })
+                .map_err(|e| match e {
+                    ReadError::Watch(reason) => watch_err(reason),
+                    e => WatchError::Initial(e.for_path(&path)),
+                })?
+        };
+        let initial = validator.parse(&text)?;
 
         let (tx, rx) = mpsc::unbounded_channel();
         let _ = tx.send(Update::Config(initial));
@@ -189,7 +372,8 @@ impl ConfigSubscriber for FileWatcher {
         let (refresh_tx, refresh_rx) = mpsc::channel::<()>(1);
         let description = format!("file {}", path.display());
         tokio::spawn(reload_loop(
-            path,
+            follow,
+            reader,
             validator,
             self.debounce,
             text,
@@ -199,7 +383,7 @@ impl ConfigSubscriber for FileWatcher {
             },
             tx,
         ));
-        Ok(Subscription::new(rx, watcher)
+        Ok(Subscription::new(rx, watches)
             .with_refresh(refresh_tx)
             .with_description(description))
     }
@@ -213,11 +397,12 @@ struct Wakes {
     refresh: mpsc::Receiver<()>,
 }
 
-/// Whether a directory event may have changed our file. A symlinked config (a
-/// Kubernetes ConfigMap swaps a `..data` link) changes without an event naming the
-/// file, so for symlinks every event in the directory counts; the content check
-/// below filters out the rest.
-fn relevant(ev: &notify::Event, name: &std::ffi::OsStr) -> bool {
+/// Whether an event in a watched directory may have changed our file: it names the
+/// file, or a link or file of its symlink chain. A Kubernetes ConfigMap swaps a
+/// `..data` link, an event naming neither the file nor its chain, so while the file
+/// is a symlink every event in its directory counts; the content check below filters
+/// out the rest.
+fn relevant(ev: &notify::Event, name: &std::ffi::OsStr, chain: &[PathBuf]) -> bool {
     match ev.kind {
         // Opens and reads (ours included) change nothing.
         EventKind::Access(AccessKind::Close(AccessMode::Write)) => {}
@@ -226,14 +411,17 @@ fn relevant(ev: &notify::Event, name: &std::ffi::OsStr) -> bool {
     }
     ev.paths.iter().any(|p| {
         p.file_name() == Some(name)
+            || chain.iter().any(|c| c == p)
             || p.parent()
                 .map(|d| d.join(name).is_symlink())
                 .unwrap_or(false)
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn reload_loop(
-    path: PathBuf,
+    follow: Follow,
+    reader: Reader,
     validator: Validator,
     debounce: Duration,
     mut last: String,
@@ -244,6 +432,7 @@ async fn reload_loop(
         events: mut wake,
         mut refresh,
     } = wakes;
+    let max = reader.max_size();
     loop {
         let mut forced = tokio::select! {
             w = wake.recv() => match w {
@@ -264,15 +453,26 @@ async fn reload_loop(
                 _ = tokio::time::sleep(debounce) => break,
             }
         }
-        let text = match std::fs::read_to_string(&path) {
+        // Off the runtime and bounded in time: see `crate::config::read`.
+        let f = follow.clone();
+        let read = reader
+            .run(move || {
+                #[cfg(test)]
+                if let Some(stall) = &f.stall {
+                    (stall.0)();
+                }
+                f.refresh();
+                read_regular(&f.path, max)
+            })
+            .await;
+        let text = match read {
             Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound && !forced => {
-                tracing::info!(path = %path.display(), "config file is absent; keeping the running config");
+            Err(e) if e.is_not_found() && !forced => {
+                tracing::info!(path = %follow.path.display(), "config file is absent; keeping the running config");
                 continue;
             }
             Err(e) => {
-                let err = ConfigError::read(&path, &e);
-                if tx.send(Update::Rejected(err)).is_err() {
+                if tx.send(Update::Rejected(e.for_path(&follow.path))).is_err() {
                     return;
                 }
                 continue;
@@ -289,5 +489,114 @@ async fn reload_loop(
         if tx.send(update).is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Condvar;
+
+    use super::*;
+    use crate::daemon::{Daemon, ReloadError};
+    use crate::strategy::Registry;
+
+    /// A read that hangs (a hung NFS or FUSE mount) is refused at the time limit by
+    /// name; while it stays stuck, later reloads are refused at once; once it returns,
+    /// reloads work again; and shutdown never waits for a stuck read.
+    #[tokio::test]
+    async fn a_hung_read_wedges_neither_reloads_nor_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.json");
+        std::fs::write(
+            &path,
+            r#"{"apps":[{"name":"a","listen":["127.0.0.1:0"],"targets":["127.0.0.1:9"]}]}"#,
+        )
+        .unwrap();
+        // While the gate is closed, a read blocks its thread (as in a hung mount).
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let close = |closed: bool| {
+            *lock(&gate.0) = closed;
+            gate.1.notify_all();
+        };
+        let stall = {
+            let gate = gate.clone();
+            Stall(Arc::new(move || {
+                let closed = lock(&gate.0);
+                drop(gate.1.wait_while(closed, |c| *c));
+            }))
+        };
+        let mut watcher = FileWatcher::new(&path).read_timeout(Duration::from_millis(300));
+        watcher.stall = Some(stall);
+        let daemon = Daemon::new(Registry::default());
+        let reloader = daemon.reloader();
+        let mut events = daemon.events();
+        let sub = watcher.subscribe(daemon.validator()).unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(daemon.run(sub, async {
+            let _ = stopped.await;
+        }));
+        let wait = Duration::from_secs(10);
+        let reload = || async {
+            tokio::time::timeout(wait, reloader.reload())
+                .await
+                .expect("a reload answer")
+        };
+        // The first config, then a reload that reads it again.
+        let first = tokio::time::timeout(wait, events.recv()).await.unwrap();
+        assert!(
+            matches!(first, Ok(crate::daemon::Event::Applied(_))),
+            "{first:?}"
+        );
+        assert_eq!(reload().await.unwrap().result, "unchanged");
+
+        close(true);
+        let r = reload().await.unwrap();
+        assert_eq!(r.result, "refused");
+        let error = r.error.unwrap_or_default();
+        assert_eq!(
+            error,
+            format!(
+                "cannot read {}: reading it took longer than 300ms (a hung network or FUSE mount?); the read is abandoned",
+                path.display()
+            )
+        );
+        let r = reload().await.unwrap();
+        assert_eq!(r.result, "refused");
+        let error = r.error.unwrap_or_default();
+        assert!(
+            error.contains("an earlier read of it has been stuck for"),
+            "{error}"
+        );
+
+        // Unstuck: reloads work again (once the abandoned thread has returned).
+        close(false);
+        let mut result = String::new();
+        for _ in 0..100 {
+            result = reload().await.unwrap().result;
+            if result != "refused" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(result, "unchanged");
+
+        // Stuck again, then shut down: the daemon stops without waiting for the read.
+        close(true);
+        let pending = tokio::spawn({
+            let reloader = reloader.clone();
+            async move { reloader.reload().await }
+        });
+        let _ = stop.send(());
+        tokio::time::timeout(wait, task)
+            .await
+            .expect("shutdown with a read stuck")
+            .unwrap()
+            .unwrap();
+        let answer = tokio::time::timeout(wait, pending).await.unwrap().unwrap();
+        assert!(
+            matches!(answer, Ok(_) | Err(ReloadError::Stopped)),
+            "{answer:?}"
+        );
+        close(false);
     }
 }

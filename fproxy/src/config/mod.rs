@@ -8,6 +8,7 @@
 //! Fields shared by every app live here; each kind validates its own in [`tcp`] and
 //! [`spec`].
 
+pub mod read;
 pub mod spec;
 pub mod tcp;
 
@@ -153,16 +154,6 @@ pub enum ConfigError {
     /// The top-level `admin` section; `field` is its path, e.g. `admin.listen`.
     #[error("{field}: {reason}")]
     Admin { field: String, reason: String },
-}
-
-impl ConfigError {
-    /// The file at `path` could not be read.
-    pub(crate) fn read(path: &Path, e: &std::io::Error) -> ConfigError {
-        ConfigError::Read {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        }
-    }
 }
 
 /// Builds errors that name the app, and parses fields shared by kinds.
@@ -478,9 +469,13 @@ fn parse_listen(s: &str) -> Result<SocketAddr, String> {
     }
 }
 
-/// The text of the config file at `path`.
+/// The text of the config file at `path`: a regular file of at most
+/// [`read::MAX_SIZE`] bytes, read off this thread within [`read::READ_TIMEOUT`]
+/// (see [`read`]).
 pub(crate) fn read_text(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|e| ConfigError::read(path, &e))
+    read::Reader::default()
+        .read_blocking(path)
+        .map_err(|e| e.for_path(path))
 }
 
 /// JSON text as a value; syntax errors give line and column.
