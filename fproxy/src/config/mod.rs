@@ -571,6 +571,10 @@ pub(crate) struct RawApp {
     pub(crate) rejected_key_ttl: Option<String>,
     #[serde(default)]
     pub(crate) cache: Option<spec::RawCache>,
+    #[serde(default)]
+    pub(crate) header_timeout: Option<String>,
+    #[serde(default)]
+    pub(crate) keepalive_timeout: Option<String>,
 }
 
 impl RawApp {
@@ -603,6 +607,8 @@ impl RawApp {
             ("drop_unauthorized", self.drop_unauthorized.is_some()),
             ("rejected_key_ttl", self.rejected_key_ttl.is_some()),
             ("cache", self.cache.is_some()),
+            ("header_timeout", self.header_timeout.is_some()),
+            ("keepalive_timeout", self.keepalive_timeout.is_some()),
         ];
         set.into_iter()
             .find(|(_, is_set)| *is_set)
