@@ -282,7 +282,11 @@ impl Daemon {
         // Phase 2: commit.
         let retired_admin = match (config.admin, staged_admin) {
             (Some(cfg), Some(staged)) => {
-                match staged.start(self.requests.clone(), self.metrics.clone()) {
+                match staged.start(
+                    self.requests.clone(),
+                    self.metrics.clone(),
+                    &cfg.allowed_hosts,
+                ) {
                     Ok(server) => self.admin.replace((cfg, server)),
                     Err(e) => {
                         // Only a runtime without an I/O driver gets here; the proxy
@@ -294,7 +298,8 @@ impl Daemon {
             }
             (Some(cfg), None) => {
                 // Same address: the server and its socket stay.
-                if let Some((running, _)) = self.admin.as_mut() {
+                if let Some((running, server)) = self.admin.as_mut() {
+                    server.set_allowed_hosts(&cfg.allowed_hosts);
                     *running = cfg;
                 }
                 None

@@ -46,6 +46,9 @@ pub struct Config {
 pub struct AdminConfig {
     /// Port 0 lets the OS choose (tests); the daemon reports the bound address.
     pub listen: SocketAddr,
+    /// Names (`host` or `host:port`, lowercase) the API answers to besides its
+    /// IP addresses and `localhost`: refused otherwise, against DNS rebinding.
+    pub allowed_hosts: Vec<String>,
 }
 
 /// One validated app.
@@ -383,6 +386,8 @@ pub fn load_admin(path: &Path) -> Result<Option<AdminConfig>, ConfigError> {
 struct RawAdmin {
     #[serde(default)]
     listen: Option<String>,
+    #[serde(default)]
+    allowed_hosts: Vec<String>,
 }
 
 fn parse_admin(raw: serde_json::Value) -> Result<AdminConfig, ConfigError> {
@@ -410,7 +415,19 @@ fn parse_admin(raw: serde_json::Value) -> Result<AdminConfig, ConfigError> {
     })?;
     let listen = raw.listen.as_deref().unwrap_or(defaults::ADMIN_LISTEN);
     let listen = parse_listen(listen).map_err(|e| err("admin.listen", e))?;
-    Ok(AdminConfig { listen })
+    let allowed_hosts = raw
+        .allowed_hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            crate::admin::host::parse_allowed(h)
+                .map_err(|e| err(&format!("admin.allowed_hosts[{i}]"), e))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(AdminConfig {
+        listen,
+        allowed_hosts,
+    })
 }
 
 /// The admin API may not share a port with an app (same rule as between apps).
@@ -779,7 +796,7 @@ mod tests {
             (r#"{"apps":[],"extra":1}"#, "unknown top-level key `extra`"),
             (
                 r#"{"apps":[],"admin":{"listen":"127.0.0.1:9901","port":1}}"#,
-                "admin.port: unknown field `port`, expected `listen`",
+                "admin.port: unknown field `port`, expected `listen` or `allowed_hosts`",
             ),
             (
                 r#"{"apps":[],"admin":{"listen":"localhost:9901"}}"#,
