@@ -282,11 +282,7 @@ impl Daemon {
         // Phase 2: commit.
         let retired_admin = match (config.admin, staged_admin) {
             (Some(cfg), Some(staged)) => {
-                match staged.start(
-                    self.requests.clone(),
-                    self.metrics.clone(),
-                    &cfg.allowed_hosts,
-                ) {
+                match staged.start(self.requests.clone(), self.metrics.clone(), &cfg) {
                     Ok(server) => self.admin.replace((cfg, server)),
                     Err(e) => {
                         // Only a runtime without an I/O driver gets here; the proxy
@@ -299,7 +295,7 @@ impl Daemon {
             (Some(cfg), None) => {
                 // Same address: the server and its socket stay.
                 if let Some((running, server)) = self.admin.as_mut() {
-                    server.set_allowed_hosts(&cfg.allowed_hosts);
+                    server.reconfigure(&cfg);
                     *running = cfg;
                 }
                 None

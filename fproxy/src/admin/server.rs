@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::host::HostPolicy;
 use super::status::{AppStatus, Status};
 use super::{ReloadAnswer, Request};
+use crate::config::AdminConfig;
 use crate::metrics::Metrics;
 use crate::server::{self as srv, ConnCap, Stop, Timeouts};
 
@@ -51,13 +52,12 @@ impl StagedAdmin {
     }
 
     /// Starts serving (phase 2). Fails only if the runtime cannot register the socket.
-    /// `allowed_hosts`: names the API answers to besides its addresses (see
-    /// [`HostPolicy`]).
+    /// `config` gives the limits and allowed hosts; its address is the bound one.
     pub(crate) fn start(
         self,
         requests: mpsc::Sender<Request>,
         metrics: Arc<Metrics>,
-        allowed_hosts: &[String],
+        config: &AdminConfig,
     ) -> io::Result<AdminServer> {
         let listener = TcpListener::from_std(self.listener)?;
         let local = listener.local_addr()?;
@@ -66,7 +66,8 @@ impl StagedAdmin {
         let ctx = Arc::new(Ctx {
             requests,
             metrics,
-            hosts: ArcSwap::from_pointee(HostPolicy::new(local, allowed_hosts)),
+            hosts: ArcSwap::from_pointee(HostPolicy::new(local, &config.allowed_hosts)),
+            limits: ArcSwap::from_pointee(Limits::of(config)),
         });
         let task = tokio::spawn(accept_loop(listener, ctx.clone(), conns, stop.clone()));
         tracing::info!(addr = %local, "admin API listening");
@@ -94,11 +95,13 @@ impl AdminServer {
         self.local
     }
 
-    /// A reload changed `admin.allowed_hosts` (the address stayed).
-    pub(crate) fn set_allowed_hosts(&self, allowed_hosts: &[String]) {
+    /// A reload changed the admin config but not its address: new connections
+    /// get the new limits, every request the new host rules.
+    pub(crate) fn reconfigure(&self, config: &AdminConfig) {
         self.ctx
             .hosts
-            .store(Arc::new(HostPolicy::new(self.local, allowed_hosts)));
+            .store(Arc::new(HostPolicy::new(self.local, &config.allowed_hosts)));
+        self.ctx.limits.store(Arc::new(Limits::of(config)));
     }
 
     /// Stops accepting and closes the socket. Connections carry on in the background
@@ -122,6 +125,26 @@ struct Ctx {
     requests: mpsc::Sender<Request>,
     metrics: Arc<Metrics>,
     hosts: ArcSwap<HostPolicy>,
+    limits: ArcSwap<Limits>,
+}
+
+/// Connection limits, from the config.
+#[derive(Debug)]
+struct Limits {
+    timeouts: Timeouts,
+    max_connections: usize,
+}
+
+impl Limits {
+    fn of(config: &AdminConfig) -> Limits {
+        Limits {
+            timeouts: Timeouts {
+                header: config.header_timeout,
+                keepalive: config.keepalive_timeout,
+            },
+            max_connections: config.max_connections,
+        }
+    }
 }
 
 impl std::fmt::Debug for Ctx {
@@ -145,7 +168,8 @@ async fn accept_loop(
         match accepted {
             Ok((stream, _)) => {
                 // Over the cap the connection is dropped (closed) here, at once.
-                let Some(guard) = conns.try_acquire(srv::admin::MAX_CONNECTIONS, "admin") else {
+                let max = ctx.limits.load().max_connections;
+                let Some(guard) = conns.try_acquire(max, "admin") else {
                     continue;
                 };
                 tokio::spawn(serve(stream, ctx.clone(), guard, stop.clone()));
@@ -167,14 +191,11 @@ async fn serve(stream: TcpStream, ctx: Arc<Ctx>, guard: srv::ConnGuard, stop: Ca
     let Ok(local) = stream.local_addr() else {
         return;
     };
+    let timeouts = ctx.limits.load().timeouts;
     let svc = hyper::service::service_fn(move |req| {
         let ctx = ctx.clone();
         async move { Ok::<_, Infallible>(checked(&ctx, local, req).await) }
     });
-    let timeouts = Timeouts {
-        header: srv::admin::HEADER_TIMEOUT,
-        keepalive: srv::admin::KEEPALIVE_TIMEOUT,
-    };
     let stop = Stop {
         graceful: stop,
         // The grace and the answer waits bound a stop; nothing cuts harder.

@@ -49,6 +49,10 @@ pub struct AdminConfig {
     /// Names (`host` or `host:port`, lowercase) the API answers to besides its
     /// IP addresses and `localhost`: refused otherwise, against DNS rebinding.
     pub allowed_hosts: Vec<String>,
+    /// Connection limits (defaults in [`crate::server::admin`]).
+    pub header_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    pub max_connections: usize,
 }
 
 /// One validated app.
@@ -388,6 +392,12 @@ struct RawAdmin {
     listen: Option<String>,
     #[serde(default)]
     allowed_hosts: Vec<String>,
+    #[serde(default)]
+    header_timeout: Option<String>,
+    #[serde(default)]
+    keepalive_timeout: Option<String>,
+    #[serde(default)]
+    max_connections: Option<usize>,
 }
 
 fn parse_admin(raw: serde_json::Value) -> Result<AdminConfig, ConfigError> {
@@ -424,9 +434,37 @@ fn parse_admin(raw: serde_json::Value) -> Result<AdminConfig, ConfigError> {
                 .map_err(|e| err(&format!("admin.allowed_hosts[{i}]"), e))
         })
         .collect::<Result<_, _>>()?;
+    let duration = |name: &str, v: Option<String>, default: Duration| match v {
+        None => Ok(default),
+        Some(s) => match humantime::parse_duration(&s) {
+            Ok(d) if !d.is_zero() => Ok(d),
+            Ok(_) => Err(err(
+                &format!("admin.{name}"),
+                "must be greater than zero".into(),
+            )),
+            Err(e) => Err(err(
+                &format!("admin.{name}"),
+                format!("{s:?} is not a duration like \"500ms\" or \"2s\": {e}"),
+            )),
+        },
+    };
+    use crate::server::admin as limits;
+    let header_timeout = duration("header_timeout", raw.header_timeout, limits::HEADER_TIMEOUT)?;
+    let keepalive_timeout = duration(
+        "keepalive_timeout",
+        raw.keepalive_timeout,
+        limits::KEEPALIVE_TIMEOUT,
+    )?;
+    let max_connections = match raw.max_connections.unwrap_or(limits::MAX_CONNECTIONS) {
+        0 => return Err(err("admin.max_connections", "must be at least 1".into())),
+        n => n,
+    };
     Ok(AdminConfig {
         listen,
         allowed_hosts,
+        header_timeout,
+        keepalive_timeout,
+        max_connections,
     })
 }
 
@@ -796,7 +834,7 @@ mod tests {
             (r#"{"apps":[],"extra":1}"#, "unknown top-level key `extra`"),
             (
                 r#"{"apps":[],"admin":{"listen":"127.0.0.1:9901","port":1}}"#,
-                "admin.port: unknown field `port`, expected `listen` or `allowed_hosts`",
+                "admin.port: unknown field `port`, expected one of `listen`, `allowed_hosts`, `header_timeout`, `keepalive_timeout`, `max_connections`",
             ),
             (
                 r#"{"apps":[],"admin":{"listen":"localhost:9901"}}"#,

@@ -193,7 +193,8 @@ struct Activity {
     idle_since: AtomicU64,
     /// When the request head being read began ([`NONE`] when not reading one).
     head_since: AtomicU64,
-    /// Wakes the connection's loop when a deadline moved earlier.
+    /// Wakes the connection's loop when its deadline changed: a request began or
+    /// ended, or a request head began.
     wake: Notify,
 }
 
@@ -243,6 +244,7 @@ impl Activity {
     fn start(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.head_since.store(NONE, Ordering::Release);
+        self.wake.notify_one();
         InFlight(self.clone())
     }
 
@@ -268,7 +270,9 @@ struct InFlight(Arc<Activity>);
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.idle_since.store(self.0.now(), Ordering::Release);
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.wake.notify_one();
+        }
     }
 }
 
@@ -462,8 +466,7 @@ pub async fn serve<S, B>(
     loop {
         let (at, reason) = match activity.deadline() {
             Some((at, reason)) => (at, Some(reason)),
-            // A request is in flight; look again in a while (its end only pushes
-            // the deadline later, so this never wakes too late).
+            // A request is in flight: its end wakes the loop.
             None => (Instant::now() + timeouts.keepalive, None),
         };
         let at = grace_until.map_or(at, |g| at.max(g));
