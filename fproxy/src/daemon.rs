@@ -333,7 +333,7 @@ impl Daemon {
         // Phase 2: commit.
         let retired_admin = match (config.admin, staged_admin) {
             (Some(cfg), Some(staged)) => {
-                match staged.start(self.requests.clone(), self.metrics.clone()) {
+                match staged.start(self.requests.clone(), self.metrics.clone(), &cfg) {
                     Ok(server) => self.admin.replace((cfg, server)),
                     Err(e) => {
                         // Only a runtime without an I/O driver gets here; the proxy
@@ -345,7 +345,8 @@ impl Daemon {
             }
             (Some(cfg), None) => {
                 // Same address: the server and its socket stay.
-                if let Some((running, _)) = self.admin.as_mut() {
+                if let Some((running, server)) = self.admin.as_mut() {
+                    server.reconfigure(&cfg);
                     *running = cfg;
                 }
                 None

@@ -20,6 +20,7 @@ pub mod listener;
 pub mod loglimit;
 pub mod metrics;
 pub mod proxy;
+pub mod server;
 pub mod spec;
 pub mod strategy;
 pub mod watch;

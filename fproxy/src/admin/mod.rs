@@ -7,6 +7,7 @@
 //! `/metrics` reads the shared [`crate::metrics::Metrics`] directly (atomics).
 
 pub mod client;
+pub(crate) mod host;
 mod server;
 pub mod status;
 pub mod table;

@@ -6,29 +6,30 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE, HOST, ORIGIN};
 use hyper::{Method, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::host::HostPolicy;
 use super::status::{AppStatus, Status};
 use super::{ReloadAnswer, Request};
+use crate::config::AdminConfig;
 use crate::metrics::Metrics;
+use crate::server::{self as srv, ConnCap, Stop, Timeouts};
 
 /// How long the daemon loop may take to answer a question about its state. It only
 /// blocks for the length of a rollout, so this is generous.
 const ANSWER_WAIT: Duration = Duration::from_secs(5);
 /// How long `POST /reload` waits for the source's next update.
 const RELOAD_WAIT: Duration = Duration::from_secs(10);
-/// A client that connects and sends no request within this is dropped.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause after an accept error that is about resources (EMFILE...), not the client.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
@@ -51,18 +52,31 @@ impl StagedAdmin {
     }
 
     /// Starts serving (phase 2). Fails only if the runtime cannot register the socket.
+    /// `config` gives the limits and allowed hosts; its address is the bound one.
     pub(crate) fn start(
         self,
         requests: mpsc::Sender<Request>,
         metrics: Arc<Metrics>,
+        config: &AdminConfig,
     ) -> io::Result<AdminServer> {
         let listener = TcpListener::from_std(self.listener)?;
         let local = listener.local_addr()?;
         let stop = CancellationToken::new();
-        let ctx = Arc::new(Ctx { requests, metrics });
-        let task = tokio::spawn(accept_loop(listener, ctx, stop.clone()));
+        let conns = ConnCap::new(metrics.server.handles("admin", ""));
+        let ctx = Arc::new(Ctx {
+            requests,
+            metrics,
+            hosts: ArcSwap::from_pointee(HostPolicy::new(local, &config.allowed_hosts)),
+            limits: ArcSwap::from_pointee(Limits::of(config)),
+        });
+        let task = tokio::spawn(accept_loop(listener, ctx.clone(), conns, stop.clone()));
         tracing::info!(addr = %local, "admin API listening");
-        Ok(AdminServer { local, stop, task })
+        Ok(AdminServer {
+            local,
+            stop,
+            task,
+            ctx,
+        })
     }
 }
 
@@ -72,12 +86,22 @@ pub(crate) struct AdminServer {
     local: SocketAddr,
     stop: CancellationToken,
     task: JoinHandle<()>,
+    ctx: Arc<Ctx>,
 }
 
 impl AdminServer {
     /// The bound address.
     pub(crate) fn local_addr(&self) -> SocketAddr {
         self.local
+    }
+
+    /// A reload changed the admin config but not its address: new connections
+    /// get the new limits, every request the new host rules.
+    pub(crate) fn reconfigure(&self, config: &AdminConfig) {
+        self.ctx
+            .hosts
+            .store(Arc::new(HostPolicy::new(self.local, &config.allowed_hosts)));
+        self.ctx.limits.store(Arc::new(Limits::of(config)));
     }
 
     /// Stops accepting and closes the socket. Connections carry on in the background
@@ -100,9 +124,41 @@ impl Drop for AdminServer {
 struct Ctx {
     requests: mpsc::Sender<Request>,
     metrics: Arc<Metrics>,
+    hosts: ArcSwap<HostPolicy>,
+    limits: ArcSwap<Limits>,
 }
 
-async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, stop: CancellationToken) {
+/// Connection limits, from the config.
+#[derive(Debug)]
+struct Limits {
+    timeouts: Timeouts,
+    max_connections: usize,
+}
+
+impl Limits {
+    fn of(config: &AdminConfig) -> Limits {
+        Limits {
+            timeouts: Timeouts {
+                header: config.header_timeout,
+                keepalive: config.keepalive_timeout,
+            },
+            max_connections: config.max_connections,
+        }
+    }
+}
+
+impl std::fmt::Debug for Ctx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("admin::Ctx")
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    ctx: Arc<Ctx>,
+    conns: Arc<ConnCap>,
+    stop: CancellationToken,
+) {
     loop {
         let accepted = tokio::select! {
             biased;
@@ -111,7 +167,12 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, stop: CancellationTok
         };
         match accepted {
             Ok((stream, _)) => {
-                tokio::spawn(serve(stream, ctx.clone(), stop.clone()));
+                // Over the cap the connection is dropped (closed) here, at once.
+                let max = ctx.limits.load().max_connections;
+                let Some(guard) = conns.try_acquire(max, "admin") else {
+                    continue;
+                };
+                tokio::spawn(serve(stream, ctx.clone(), guard, stop.clone()));
             }
             Err(e) => {
                 tracing::debug!(error = %e, "admin accept failed");
@@ -124,24 +185,43 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, stop: CancellationTok
     }
 }
 
-async fn serve(stream: TcpStream, ctx: Arc<Ctx>, stop: CancellationToken) {
+/// Serves one connection. On stop it finishes the request in flight (bounded by
+/// the answer waits) and closes.
+async fn serve(stream: TcpStream, ctx: Arc<Ctx>, guard: srv::ConnGuard, stop: CancellationToken) {
+    let Ok(local) = stream.local_addr() else {
+        return;
+    };
+    let timeouts = ctx.limits.load().timeouts;
     let svc = hyper::service::service_fn(move |req| {
         let ctx = ctx.clone();
-        async move { Ok::<_, Infallible>(route(&ctx, req).await) }
+        async move { Ok::<_, Infallible>(checked(&ctx, local, req).await) }
     });
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    let conn = builder.serve_connection(TokioIo::new(stream), svc);
-    tokio::pin!(conn);
-    tokio::select! {
-        _ = conn.as_mut() => {}
-        _ = stop.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+    let stop = Stop {
+        graceful: stop,
+        // The grace and the answer waits bound a stop; nothing cuts harder.
+        force: CancellationToken::new(),
+    };
+    srv::serve(stream, svc, timeouts, guard, stop).await;
+}
+
+/// Refuses requests whose Host or Origin is not this API (see [`HostPolicy`]).
+async fn checked(ctx: &Ctx, local: SocketAddr, req: hyper::Request<Incoming>) -> Resp {
+    let header = |name| {
+        req.headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap_or("\u{fffd}"))
+    };
+    // HTTP/2 carries the host in the URI (`:authority`).
+    let host = header(HOST).or_else(|| req.uri().authority().map(|a| a.as_str()));
+    let safe = matches!(*req.method(), Method::GET | Method::HEAD);
+    if let Err(why) = ctx.hosts.load().check(host, header(ORIGIN), safe, local) {
+        static REFUSED: crate::loglimit::LogLimit = crate::loglimit::LogLimit::per_second();
+        if let Some(suppressed) = REFUSED.allow() {
+            tracing::warn!(suppressed, reason = %why, "admin request refused");
         }
+        return text(StatusCode::FORBIDDEN, &format!("{why}\n"));
     }
+    route(ctx, req).await
 }
 
 type Resp = Response<Full<Bytes>>;

@@ -72,6 +72,13 @@ pub struct Config {
 pub struct AdminConfig {
     /// Port 0 lets the OS choose (tests); the daemon reports the bound address.
     pub listen: SocketAddr,
+    /// Names (`host` or `host:port`, lowercase) the API answers to besides its
+    /// IP addresses and `localhost`: refused otherwise, against DNS rebinding.
+    pub allowed_hosts: Vec<String>,
+    /// Connection limits (defaults in [`crate::server::admin`]).
+    pub header_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    pub max_connections: usize,
 }
 
 /// One validated app.
@@ -503,6 +510,14 @@ pub fn load_admin(path: &Path) -> Result<Option<AdminConfig>, ConfigError> {
 struct RawAdmin {
     #[serde(default)]
     listen: Option<String>,
+    #[serde(default)]
+    allowed_hosts: Vec<String>,
+    #[serde(default)]
+    header_timeout: Option<String>,
+    #[serde(default)]
+    keepalive_timeout: Option<String>,
+    #[serde(default)]
+    max_connections: Option<usize>,
 }
 
 fn parse_admin(raw: serde_json::Value) -> Result<AdminConfig, ConfigError> {
@@ -530,7 +545,47 @@ fn parse_admin(raw: serde_json::Value) -> Result<AdminConfig, ConfigError> {
     })?;
     let listen = raw.listen.as_deref().unwrap_or(defaults::ADMIN_LISTEN);
     let listen = parse_listen(listen).map_err(|e| err("admin.listen", e))?;
-    Ok(AdminConfig { listen })
+    let allowed_hosts = raw
+        .allowed_hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            crate::admin::host::parse_allowed(h)
+                .map_err(|e| err(&format!("admin.allowed_hosts[{i}]"), e))
+        })
+        .collect::<Result<_, _>>()?;
+    let duration = |name: &str, v: Option<String>, default: Duration| match v {
+        None => Ok(default),
+        Some(s) => match humantime::parse_duration(&s) {
+            Ok(d) if !d.is_zero() => Ok(d),
+            Ok(_) => Err(err(
+                &format!("admin.{name}"),
+                "must be greater than zero".into(),
+            )),
+            Err(e) => Err(err(
+                &format!("admin.{name}"),
+                format!("{s:?} is not a duration like \"500ms\" or \"2s\": {e}"),
+            )),
+        },
+    };
+    use crate::server::admin as limits;
+    let header_timeout = duration("header_timeout", raw.header_timeout, limits::HEADER_TIMEOUT)?;
+    let keepalive_timeout = duration(
+        "keepalive_timeout",
+        raw.keepalive_timeout,
+        limits::KEEPALIVE_TIMEOUT,
+    )?;
+    let max_connections = match raw.max_connections.unwrap_or(limits::MAX_CONNECTIONS) {
+        0 => return Err(err("admin.max_connections", "must be at least 1".into())),
+        n => n,
+    };
+    Ok(AdminConfig {
+        listen,
+        allowed_hosts,
+        header_timeout,
+        keepalive_timeout,
+        max_connections,
+    })
 }
 
 /// The admin API may not share a port with an app (same rule as between apps).
@@ -754,6 +809,10 @@ pub(crate) struct RawApp {
     pub(crate) rejected_key_ttl: Option<String>,
     #[serde(default)]
     pub(crate) cache: Option<spec::RawCache>,
+    #[serde(default)]
+    pub(crate) header_timeout: Option<String>,
+    #[serde(default)]
+    pub(crate) keepalive_timeout: Option<String>,
 }
 
 impl RawApp {
@@ -786,6 +845,8 @@ impl RawApp {
             ("drop_unauthorized", self.drop_unauthorized.is_some()),
             ("rejected_key_ttl", self.rejected_key_ttl.is_some()),
             ("cache", self.cache.is_some()),
+            ("header_timeout", self.header_timeout.is_some()),
+            ("keepalive_timeout", self.keepalive_timeout.is_some()),
         ];
         set.into_iter()
             .find(|(_, is_set)| *is_set)
@@ -956,7 +1017,7 @@ mod tests {
             (r#"{"apps":[],"extra":1}"#, "unknown top-level key `extra`"),
             (
                 r#"{"apps":[],"admin":{"listen":"127.0.0.1:9901","port":1}}"#,
-                "admin.port: unknown field `port`, expected `listen`",
+                "admin.port: unknown field `port`, expected one of `listen`, `allowed_hosts`, `header_timeout`, `keepalive_timeout`, `max_connections`",
             ),
             (
                 r#"{"apps":[],"admin":{"listen":"localhost:9901"}}"#,

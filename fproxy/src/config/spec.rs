@@ -19,6 +19,11 @@ pub mod defaults {
     pub const MAX_STREAM_AGE: Duration = Duration::from_secs(30 * 60);
     pub const HEARTBEAT: Duration = Duration::from_secs(30);
     pub const REJECTED_KEY_TTL: Duration = Duration::from_secs(60);
+    pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
+    /// Per app, HTTP and gRPC together: with the admin API's 64 this stays well
+    /// under a default 1024 file descriptor soft limit.
+    pub const MAX_CONNECTIONS: usize = 512;
     pub const REDIS_PREFIX: &str = "statsig";
     pub const REDIS_CACHE_TTL: Duration = Duration::from_secs(86_400);
     pub const REDIS_LEADER_TTL: Duration = Duration::from_secs(70);
@@ -194,6 +199,13 @@ pub struct SpecConfig {
     /// How long a key upstream rejected is answered 401 without asking again.
     pub rejected_key_ttl: Duration,
     pub cache: Cache,
+    /// A connection must send a whole request head within this of connecting (or
+    /// of the first byte of its next request).
+    pub header_timeout: Duration,
+    /// A connection with no request in flight is closed after this.
+    pub keepalive_timeout: Duration,
+    /// Open connections, HTTP and gRPC together; more are closed at once.
+    pub max_connections: usize,
 }
 
 impl SpecConfig {
@@ -282,7 +294,26 @@ impl SpecConfig {
             raw.rejected_key_ttl.take(),
             defaults::REJECTED_KEY_TTL,
         )?;
+        let header_timeout = f.duration(
+            "header_timeout",
+            raw.header_timeout.take(),
+            defaults::HEADER_TIMEOUT,
+        )?;
+        let keepalive_timeout = f.duration(
+            "keepalive_timeout",
+            raw.keepalive_timeout.take(),
+            defaults::KEEPALIVE_TIMEOUT,
+        )?;
+        let max_connections = at_least_one(
+            f,
+            "max_connections",
+            raw.max_connections.take(),
+            defaults::MAX_CONNECTIONS,
+        )?;
         Ok(SpecConfig {
+            header_timeout,
+            keepalive_timeout,
+            max_connections,
             grpc_listen,
             upstream,
             poll_interval,

@@ -10,6 +10,7 @@
 //! removes its series when a target or app goes, so label cardinality follows the
 //! config, never the clients, and a removed app leaves no series with its name.
 
+pub mod server;
 pub mod spec;
 pub mod tcp;
 
@@ -84,6 +85,8 @@ pub struct Metrics {
     pub daemon: DaemonMetrics,
     pub tcp: tcp::TcpMetrics,
     pub spec: spec::SpecMetrics,
+    /// HTTP servers: spec apps and the admin API.
+    pub server: server::ServerMetrics,
     /// Running instances per app name. An app removed and re-added while the old
     /// instance drains shares its labels with the new one, so only the last to go
     /// may remove them.
@@ -144,11 +147,13 @@ impl Metrics {
         );
         let tcp = tcp::TcpMetrics::register(r);
         let spec = spec::SpecMetrics::register(r);
+        let server = server::ServerMetrics::register(r);
         Metrics {
             registry,
             daemon,
             tcp,
             spec,
+            server,
             owners: Mutex::new(HashMap::new()),
         }
     }

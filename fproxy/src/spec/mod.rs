@@ -18,8 +18,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use serde::Serialize;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
@@ -32,6 +30,7 @@ use crate::config::{AppConfig, Cache, Kind, SpecConfig};
 use crate::listener::{BoundSet, Handler, Listener, Listeners};
 use crate::metrics::spec::{RedisHandles, SpecHandles};
 use crate::metrics::Metrics;
+use crate::server::{ConnCap, Stop, Timeouts};
 use store::{Api, Entry, Key, Lookup, Spec, Store, Upstream as State};
 use upstream::Upstream;
 
@@ -111,7 +110,8 @@ pub(crate) struct Shared {
     /// This app's series, resolved once.
     pub stats: SpecHandles,
     connections: TaskTracker,
-    active: AtomicUsize,
+    /// Open connections, HTTP and gRPC together, capped by `max_connections`.
+    conns: Arc<ConnCap>,
     /// Open gRPC streams (capped by `max_streams`).
     streams: AtomicUsize,
     /// Wakes the poller when a reload changed the settings.
@@ -148,6 +148,7 @@ impl SpecApp {
         let settings = Settings::new(spec_config(&app), None, || metrics.spec.redis(&app.name));
         metrics.claim_app("spec", &app.name);
         let stats = metrics.spec.app(&app.name);
+        let conns = ConnCap::new(metrics.server.handles("spec", &app.name));
         let shared = Arc::new(Shared {
             app: ArcSwap::new(app),
             settings: ArcSwap::from_pointee(settings),
@@ -155,7 +156,7 @@ impl SpecApp {
             metrics,
             stats,
             connections: TaskTracker::new(),
-            active: AtomicUsize::new(0),
+            conns,
             streams: AtomicUsize::new(0),
             reconfigured: tokio::sync::Notify::new(),
             closing: CancellationToken::new(),
@@ -222,7 +223,7 @@ impl App for SpecApp {
     }
 
     fn active_connections(&self) -> usize {
-        self.shared.active.load(Ordering::Relaxed)
+        self.shared.conns.open()
     }
 
     fn status(&self) -> AppStatus {
@@ -290,6 +291,7 @@ impl App for SpecApp {
             if shared.metrics.release_app("spec", &shared.name()) {
                 shared.store.forget_all_series();
                 shared.metrics.spec.remove_app(&shared.name());
+                shared.metrics.server.remove("spec", &shared.name());
             }
         })
     }
@@ -322,26 +324,6 @@ fn start_cache(shared: &Arc<Shared>, old: Option<&Settings>) {
     }));
 }
 
-/// Runs a hyper connection; on shutdown lets it finish what is in flight (graceful),
-/// and cuts it when the drain time is up. A macro because the HTTP and gRPC
-/// connection types differ only in their service type.
-macro_rules! serve_graceful {
-    ($shared:expr, $conn:expr) => {{
-        let conn = $conn;
-        tokio::pin!(conn);
-        tokio::select! {
-            _ = conn.as_mut() => {}
-            _ = $shared.closing.cancelled() => {
-                conn.as_mut().graceful_shutdown();
-                tokio::select! {
-                    _ = conn.as_mut() => {}
-                    _ = $shared.force_close.cancelled() => {}
-                }
-            }
-        }
-    }};
-}
-
 /// Serves one listen address: gRPC when the app's current config lists it in
 /// `grpc_listen`, else HTTP/1.1 and HTTP/2. Decided per connection, so an address
 /// that changes role in a reload is served right without rebinding.
@@ -354,28 +336,35 @@ struct SpecHandler {
 
 impl Handler for SpecHandler {
     fn handle(&self, stream: TcpStream, _peer: SocketAddr) {
+        let app = self.shared.app.load();
+        let Kind::Spec(spec) = &app.kind else { return };
+        let is_grpc = spec.grpc_listen.contains(&self.addr);
+        // Over the cap the connection is dropped (closed) here, at once.
+        let Some(guard) = self
+            .shared
+            .conns
+            .try_acquire(spec.max_connections, &app.name)
+        else {
+            return;
+        };
+        let timeouts = Timeouts {
+            header: spec.header_timeout,
+            keepalive: spec.keepalive_timeout,
+        };
         let shared = self.shared.clone();
-        let is_grpc = match &shared.app.load().kind {
-            Kind::Spec(s) => s.grpc_listen.contains(&self.addr),
-            Kind::Tcp(_) => false,
+        let stop = Stop {
+            graceful: shared.closing.clone(),
+            force: shared.force_close.clone(),
         };
         let grpc = self.grpc.clone();
-        shared.active.fetch_add(1, Ordering::Relaxed);
-        let tracker = shared.connections.clone();
-        tracker.spawn(async move {
-            let _ = stream.set_nodelay(true);
-            let io = TokioIo::new(stream);
-            let builder = auto::Builder::new(TokioExecutor::new());
+        shared.connections.clone().spawn(async move {
             if is_grpc {
                 let svc = hyper_util::service::TowerToHyperService::new(grpc);
-                serve_graceful!(shared, builder.serve_connection(io, svc));
+                crate::server::serve(stream, svc, timeouts, guard, stop).await;
             } else {
-                let svc_shared = shared.clone();
-                let svc =
-                    hyper::service::service_fn(move |req| http::handle(svc_shared.clone(), req));
-                serve_graceful!(shared, builder.serve_connection(io, svc));
+                let svc = hyper::service::service_fn(move |req| http::handle(shared.clone(), req));
+                crate::server::serve(stream, svc, timeouts, guard, stop).await;
             }
-            shared.active.fetch_sub(1, Ordering::Relaxed);
         });
     }
 }

@@ -1,0 +1,373 @@
+//! The HTTP servers fproxy runs (spec HTTP, spec gRPC, admin API) under hostile
+//! clients: silent sockets over the connection cap, slowloris, idle keep-alive
+//! connections on both protocols, and foreign Host/Origin on the admin API.
+//! Timeouts are configured short (hundreds of ms); every wait is on a socket event
+//! bounded by the harness WAIT.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::upstream::*;
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const HEALTH: &[u8] = b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n";
+
+/// Reads until the server closes the connection (EOF or reset); what was read.
+async fn until_closed(s: &mut TcpStream, what: &str) -> Vec<u8> {
+    within(what, async {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return out,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+}
+
+/// Reads one HTTP/1.1 response with a Content-Length (the connection stays open).
+async fn read_response(s: &mut TcpStream) -> String {
+    within("a response", async {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = s.read(&mut buf).await.expect("read");
+            assert!(n > 0, "closed before a whole response: {out:?}");
+            out.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&out).to_string();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let len = text[..end]
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>().unwrap())
+                    })
+                    .unwrap_or(0);
+                if out.len() >= end + 4 + len {
+                    return text;
+                }
+            }
+        }
+    })
+    .await
+}
+
+/// Waits until the metric `name{labels}` reads `want`.
+async fn metric_reaches(p: &Proxy, name: &str, labels: &[(&str, &str)], want: f64) {
+    within(&format!("{name} {labels:?} = {want}"), async {
+        loop {
+            if p.scrape().value(name, labels) == want {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
+const SPEC: [(&str, &str); 2] = [("kind", "spec"), ("app", "spec")];
+const OPEN: &str = "fproxy_server_connections";
+const REFUSED: &str = "fproxy_server_connections_refused_total";
+const TIMEOUTS: &str = "fproxy_server_connection_timeouts_total";
+
+async fn spec_proxy(extra: &str) -> (Proxy, Upstream) {
+    let (up, _seen) = Upstream::start().await;
+    let p = Proxy::start(&spec_app(&up.url(), extra)).await;
+    (p, up)
+}
+
+#[tokio::test]
+async fn spec_connections_over_the_cap_are_closed_at_once_then_served_when_room() {
+    let (p, _up) = spec_proxy(r#","max_connections":3"#).await;
+    let addr = p.addr("spec");
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(TcpStream::connect(addr).await.unwrap());
+    }
+    // Accepted in order: by the time this one is, the three hold the cap.
+    let mut late = TcpStream::connect(addr).await.unwrap();
+    let _ = late.write_all(HEALTH).await;
+    let got = until_closed(&mut late, "the refused connection to close").await;
+    assert!(got.is_empty(), "a refused client got {got:?}");
+    assert_eq!(p.scrape().value(REFUSED, &SPEC), 1.0);
+    assert_eq!(p.scrape().value(OPEN, &SPEC), 3.0);
+
+    // The silent clients go; a new client is served.
+    silent.clear();
+    metric_reaches(&p, OPEN, &SPEC, 0.0).await;
+    let mut good = TcpStream::connect(addr).await.unwrap();
+    good.write_all(HEALTH).await.unwrap();
+    let resp = read_response(&mut good).await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    drop(good);
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn silent_and_slowloris_clients_are_cut_at_the_header_timeout() {
+    let (p, _up) = spec_proxy(r#","header_timeout":"300ms""#).await;
+    let addr = p.addr("spec");
+
+    // Never sends a byte.
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    let start = Instant::now();
+    until_closed(&mut silent, "a silent client to be cut").await;
+    assert!(start.elapsed() >= Duration::from_millis(300));
+
+    // One header byte every 50 ms: never a whole head.
+    let slow = TcpStream::connect(addr).await.unwrap();
+    let (mut rd, mut wr) = slow.into_split();
+    let start = Instant::now();
+    let trickle = tokio::spawn(async move {
+        for b in b"GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Slow: "
+            .iter()
+            .cycle()
+        {
+            if wr.write_all(&[*b]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let got = within("a slowloris client to be cut", async {
+        let mut out = Vec::new();
+        let _ = rd.read_to_end(&mut out).await;
+        out
+    })
+    .await;
+    assert!(got.is_empty(), "{got:?}");
+    assert!(start.elapsed() >= Duration::from_millis(300));
+    trickle.abort();
+    assert_eq!(
+        p.scrape()
+            .value(TIMEOUTS, &[("app", "spec"), ("reason", "header")]),
+        2.0
+    );
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn an_idle_http1_keepalive_connection_is_closed_after_keepalive_timeout() {
+    // The header timeout is shorter: it must not apply while waiting idle.
+    let (p, _up) = spec_proxy(r#","header_timeout":"100ms","keepalive_timeout":"600ms""#).await;
+    let mut c = TcpStream::connect(p.addr("spec")).await.unwrap();
+    c.write_all(HEALTH).await.unwrap();
+    assert!(read_response(&mut c).await.starts_with("HTTP/1.1 200"));
+    let idle = Instant::now();
+    let rest = until_closed(&mut c, "the idle connection to be closed").await;
+    assert!(rest.is_empty(), "{rest:?}");
+    assert!(
+        idle.elapsed() >= Duration::from_millis(550),
+        "closed after {:?}, before keepalive_timeout",
+        idle.elapsed()
+    );
+    let s = p.scrape();
+    assert_eq!(
+        s.value(TIMEOUTS, &[("app", "spec"), ("reason", "idle")]),
+        1.0
+    );
+    assert_eq!(
+        s.value(TIMEOUTS, &[("app", "spec"), ("reason", "header")]),
+        0.0
+    );
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed() {
+    let (p, _up) = spec_proxy(r#","keepalive_timeout":"300ms""#).await;
+    let stream = TcpStream::connect(p.addr("spec")).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = hyper::Request::get("http://spec/v1/health")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    drop(resp);
+    // The server sends GOAWAY and closes; the client connection ends.
+    let _ = within("the idle HTTP/2 connection to end", conn).await;
+    assert_eq!(
+        p.scrape()
+            .value(TIMEOUTS, &[("app", "spec"), ("reason", "idle")]),
+        1.0
+    );
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn an_open_grpc_stream_outlives_the_idle_timeout() {
+    use fproxy::spec::grpc::proto::statsig_forward_proxy_client::StatsigForwardProxyClient;
+    let (up, _seen) = Upstream::start().await;
+    up.publish(KEY, 1, payload(1, true));
+    let config = format!(
+        r#"{{"apps":[{{"name":"spec","kind":"spec","grpc_listen":["127.0.0.1:0"],"upstream":"{}","keepalive_timeout":"200ms","header_timeout":"200ms","heartbeat_interval":"100ms"}}]}}"#,
+        up.url()
+    );
+    let p = Proxy::start(&config).await;
+    let mut c = StatsigForwardProxyClient::connect(format!("http://{}", p.addr("spec")))
+        .await
+        .unwrap();
+    let mut stream = c.stream_config_spec(req(KEY)).await.unwrap().into_inner();
+    let opened = Instant::now();
+    // Heartbeats for more than three idle timeouts: the stream is a request in
+    // flight, so the connection is not idle.
+    let mut beats = 0;
+    while opened.elapsed() < Duration::from_millis(700) {
+        let m = within("a stream message", stream.message()).await;
+        assert!(matches!(m, Ok(Some(_))), "stream ended: {m:?}");
+        beats += 1;
+    }
+    assert!(beats >= 4, "{beats} messages");
+    assert_eq!(
+        p.scrape()
+            .value(TIMEOUTS, &[("app", "spec"), ("reason", "idle")]),
+        0.0
+    );
+    // Once the stream is gone the connection is idle, and closed.
+    drop(stream);
+    metric_reaches(&p, TIMEOUTS, &[("app", "spec"), ("reason", "idle")], 1.0).await;
+    drop(c);
+    p.stop().await;
+}
+
+fn admin_config(admin: &str) -> String {
+    format!(r#"{{"apps":[],"admin":{{"listen":"127.0.0.1:0"{admin}}}}}"#)
+}
+
+const ADMIN: [(&str, &str); 1] = [("kind", "admin")];
+
+#[tokio::test]
+async fn the_admin_api_caps_connections_and_cuts_silent_ones() {
+    let p = Proxy::start(&admin_config(
+        r#","max_connections":2,"header_timeout":"300ms""#,
+    ))
+    .await;
+    let addr = p.admin();
+    let mut silent = Vec::new();
+    for _ in 0..2 {
+        silent.push(TcpStream::connect(addr).await.unwrap());
+    }
+    let mut late = TcpStream::connect(addr).await.unwrap();
+    let _ = late
+        .write_all(b"GET /live HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await;
+    let got = until_closed(&mut late, "the refused admin connection to close").await;
+    assert!(got.is_empty(), "{got:?}");
+    assert_eq!(p.scrape().value(REFUSED, &ADMIN), 1.0);
+    // The silent ones are cut at the header timeout; then there is room again.
+    for s in &mut silent {
+        until_closed(s, "a silent admin client to be cut").await;
+    }
+    metric_reaches(&p, OPEN, &ADMIN, 0.0).await;
+    assert_eq!(
+        p.scrape()
+            .value(TIMEOUTS, &[("kind", "admin"), ("reason", "header")]),
+        2.0
+    );
+    let (code, body) = p.admin_get("/live").await;
+    assert_eq!(code, 200, "{body}");
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn the_admin_api_closes_idle_keepalive_connections() {
+    let p = Proxy::start(&admin_config(r#","keepalive_timeout":"300ms""#)).await;
+    let mut c = TcpStream::connect(p.admin()).await.unwrap();
+    c.write_all(b"GET /live HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_response(&mut c).await.starts_with("HTTP/1.1 200"));
+    until_closed(&mut c, "the idle admin connection to be closed").await;
+    assert_eq!(
+        p.scrape()
+            .value(TIMEOUTS, &[("kind", "admin"), ("reason", "idle")]),
+        1.0
+    );
+    p.stop().await;
+}
+
+/// One request on its own connection; the status code and body.
+async fn raw(addr: SocketAddr, head: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("{head}Connection: close\r\nContent-Length: 0\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let out = String::from_utf8(until_closed(&mut s, "an admin answer").await).unwrap();
+    let code = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("not a response: {out:?}"));
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+#[tokio::test]
+async fn the_admin_api_refuses_foreign_hosts_and_cross_site_posts() {
+    let p = Proxy::start(&admin_config(r#","allowed_hosts":["admin.internal"]"#)).await;
+    let addr = p.admin();
+    let port = addr.port();
+
+    // DNS rebinding: a page on evil.example whose name now points here.
+    let (code, body) = raw(
+        addr,
+        &format!("GET /status HTTP/1.1\r\nHost: evil.example:{port}\r\n"),
+    )
+    .await;
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        body.contains("evil.example") && body.contains("allowed_hosts"),
+        "{body}"
+    );
+    // Our own names are fine.
+    for host in [
+        addr.to_string(),
+        format!("localhost:{port}"),
+        "admin.internal".into(),
+    ] {
+        let (code, body) = raw(addr, &format!("GET /live HTTP/1.1\r\nHost: {host}\r\n")).await;
+        assert_eq!(code, 200, "{host}: {body}");
+    }
+    // HTTP/1.0 without a Host (not a browser) is answered.
+    let (code, _) = raw(addr, "GET /live HTTP/1.0\r\n").await;
+    assert_eq!(code, 200);
+
+    // CSRF: a page elsewhere makes the browser POST /reload here.
+    let (code, body) = raw(
+        addr,
+        &format!("POST /reload HTTP/1.1\r\nHost: {addr}\r\nOrigin: http://evil.example\r\n"),
+    )
+    .await;
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("Origin"), "{body}");
+    // The admin's own origin passes the check (and reaches the reload itself).
+    let (code, body) = raw(
+        addr,
+        &format!("POST /reload HTTP/1.1\r\nHost: {addr}\r\nOrigin: http://{addr}\r\n"),
+    )
+    .await;
+    assert_ne!(code, 403, "{body}");
+
+    // `fproxy status` keeps working.
+    let status = fproxy::admin::client::status(addr)
+        .await
+        .expect("fproxy status");
+    assert!(status.version >= 1);
+    p.stop().await;
+}
