@@ -570,6 +570,12 @@ pub(crate) struct RawApp {
     #[serde(default)]
     pub(crate) rejected_key_ttl: Option<String>,
     #[serde(default)]
+    pub(crate) max_rejected_keys: Option<usize>,
+    #[serde(default)]
+    pub(crate) new_key_fetches_per_second: Option<u32>,
+    #[serde(default)]
+    pub(crate) max_spec_size: Option<usize>,
+    #[serde(default)]
     pub(crate) cache: Option<spec::RawCache>,
 }
 
@@ -602,6 +608,12 @@ impl RawApp {
             ("heartbeat_interval", self.heartbeat_interval.is_some()),
             ("drop_unauthorized", self.drop_unauthorized.is_some()),
             ("rejected_key_ttl", self.rejected_key_ttl.is_some()),
+            ("max_rejected_keys", self.max_rejected_keys.is_some()),
+            (
+                "new_key_fetches_per_second",
+                self.new_key_fetches_per_second.is_some(),
+            ),
+            ("max_spec_size", self.max_spec_size.is_some()),
             ("cache", self.cache.is_some()),
         ];
         set.into_iter()

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::{ConfigError, Fields, RawApp};
+use crate::spec::key::SdkKey;
 
 /// Defaults of the optional spec fields. Documented in `docs/spec.md`.
 pub mod defaults {
@@ -19,6 +20,10 @@ pub mod defaults {
     pub const MAX_STREAM_AGE: Duration = Duration::from_secs(30 * 60);
     pub const HEARTBEAT: Duration = Duration::from_secs(30);
     pub const REJECTED_KEY_TTL: Duration = Duration::from_secs(60);
+    pub const MAX_REJECTED_KEYS: usize = 10_000;
+    pub const NEW_KEY_FETCHES_PER_SECOND: u32 = 20;
+    /// 50 MiB: far above any real spec, far below what hurts.
+    pub const MAX_SPEC_SIZE: usize = 50 * 1024 * 1024;
     pub const REDIS_PREFIX: &str = "statsig";
     pub const REDIS_CACHE_TTL: Duration = Duration::from_secs(86_400);
     pub const REDIS_LEADER_TTL: Duration = Duration::from_secs(70);
@@ -177,7 +182,7 @@ pub struct SpecConfig {
     pub fetch_concurrency: usize,
     pub request_timeout: Duration,
     /// SDK keys fetched at start; readiness waits for them.
-    pub warm_keys: Vec<String>,
+    pub warm_keys: Vec<SdkKey>,
     /// Distinct SDK keys kept; past it the least recently requested are evicted.
     pub max_sdk_keys: usize,
     /// A key whose last successful upstream check is older than this makes the app
@@ -193,6 +198,13 @@ pub struct SpecConfig {
     pub drop_unauthorized: bool,
     /// How long a key upstream rejected is answered 401 without asking again.
     pub rejected_key_ttl: Duration,
+    /// Rejected keys remembered at most; past it the oldest are forgotten.
+    pub max_rejected_keys: usize,
+    /// First fetches of keys the app does not know, per second (and at once);
+    /// requests over it get 503 / UNAVAILABLE without asking upstream.
+    pub new_key_fetches_per_second: u32,
+    /// Largest upstream response body read (bytes, after decompression).
+    pub max_spec_size: usize,
     pub cache: Cache,
 }
 
@@ -234,13 +246,11 @@ impl SpecConfig {
             raw.request_timeout.take(),
             defaults::REQUEST_TIMEOUT,
         )?;
-        let warm_keys = std::mem::take(&mut raw.warm_keys);
-        if let Some(i) = warm_keys.iter().position(|k| !valid_key(k)) {
-            return Err(f.err(
-                &format!("warm_keys[{i}]"),
-                "an SDK key must be 1-256 visible ASCII characters, without `/`",
-            ));
-        }
+        let warm_keys = std::mem::take(&mut raw.warm_keys)
+            .iter()
+            .enumerate()
+            .map(|(i, k)| SdkKey::parse(k).map_err(|e| f.err(&format!("warm_keys[{i}]"), e.to_string())))
+            .collect::<Result<Vec<_>, _>>()?;
         let max_sdk_keys = at_least_one(
             f,
             "max_sdk_keys",
@@ -293,6 +303,28 @@ impl SpecConfig {
             heartbeat_interval,
             drop_unauthorized: raw.drop_unauthorized.take().unwrap_or(false),
             rejected_key_ttl,
+            max_rejected_keys: at_least_one(
+                f,
+                "max_rejected_keys",
+                raw.max_rejected_keys.take(),
+                defaults::MAX_REJECTED_KEYS,
+            )?,
+            new_key_fetches_per_second: {
+                let n = raw
+                    .new_key_fetches_per_second
+                    .take()
+                    .unwrap_or(defaults::NEW_KEY_FETCHES_PER_SECOND);
+                if n == 0 {
+                    return Err(f.err("new_key_fetches_per_second", "must be at least 1"));
+                }
+                n
+            },
+            max_spec_size: at_least_one(
+                f,
+                "max_spec_size",
+                raw.max_spec_size.take(),
+                defaults::MAX_SPEC_SIZE,
+            )?,
             cache: Cache::validate(raw.cache.take(), f)?,
         })
     }
@@ -308,9 +340,4 @@ fn at_least_one(
         0 => Err(f.err(name, "must be at least 1")),
         n => Ok(n),
     }
-}
-
-/// SDK keys travel in URL paths and headers: keep them to what is safe in both.
-pub fn valid_key(k: &str) -> bool {
-    !k.is_empty() && k.len() <= 256 && k.bytes().all(|b| b.is_ascii_graphic() && b != b'/')
 }
