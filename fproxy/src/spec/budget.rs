@@ -13,23 +13,26 @@ use std::sync::Mutex;
 
 use tokio::time::Instant;
 
+/// Counted in nanoseconds of credit (a fetch costs `1s / per_second`), so the
+/// arithmetic is exact.
 #[derive(Debug)]
 pub struct Budget {
-    per_second: f64,
-    burst: f64,
-    /// Tokens left and when they were counted.
-    state: Mutex<(f64, Instant)>,
+    cost: u64,
+    capacity: u64,
+    /// Credit left and when it was counted.
+    state: Mutex<(u64, Instant)>,
 }
 
 impl Budget {
     /// `per_second` fetches a second on average, up to `burst` at once (both at
     /// least 1). Starts full.
     pub fn new(per_second: u32, burst: u32) -> Budget {
-        let burst = f64::from(burst.max(1));
+        let cost = 1_000_000_000 / u64::from(per_second.max(1));
+        let capacity = cost * u64::from(burst.max(1));
         Budget {
-            per_second: f64::from(per_second.max(1)),
-            burst,
-            state: Mutex::new((burst, Instant::now())),
+            cost,
+            capacity,
+            state: Mutex::new((capacity, Instant::now())),
         }
     }
 
@@ -37,11 +40,12 @@ impl Budget {
     pub fn take(&self) -> bool {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        let refill = now.saturating_duration_since(s.1).as_secs_f64() * self.per_second;
-        s.0 = (s.0 + refill).min(self.burst);
+        let elapsed = now.saturating_duration_since(s.1).as_nanos();
+        let refill = u64::try_from(elapsed).unwrap_or(u64::MAX);
+        s.0 = s.0.saturating_add(refill).min(self.capacity);
         s.1 = now;
-        if s.0 >= 1.0 {
-            s.0 -= 1.0;
+        if s.0 >= self.cost {
+            s.0 -= self.cost;
             true
         } else {
             false

@@ -462,3 +462,71 @@ fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 fn lock<T>(l: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     l.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(i: usize) -> Key {
+        Key {
+            api: Api::V1,
+            sdk_key: SdkKey::parse(&format!("secret-{i}")).unwrap(),
+        }
+    }
+
+    const TTL: Duration = Duration::from_secs(60);
+
+    /// However many keys are rejected, at most `max` are remembered (the oldest
+    /// go first), and they expire after the TTL even if no one asks again.
+    #[tokio::test(start_paused = true)]
+    async fn rejected_keys_are_capped_and_expire() {
+        let store = Store::default();
+        for i in 0..1000 {
+            store.reject(&key(i), TTL, 10);
+            tokio::time::advance(Duration::from_millis(1)).await;
+        }
+        assert_eq!(store.rejected_len(), 10);
+        assert!(matches!(store.lookup(&key(999), TTL), Lookup::Rejected));
+        // The oldest were forgotten: asked upstream again (a new entry).
+        assert!(matches!(store.lookup(&key(0), TTL), Lookup::Created(_)));
+
+        tokio::time::advance(TTL).await;
+        store.sweep_rejected(TTL);
+        assert_eq!(store.rejected_len(), 0, "expired keys kept");
+
+        // Expiry also happens on the way, without a sweep.
+        store.reject(&key(5000), TTL, 10);
+        tokio::time::advance(TTL / 2).await;
+        store.reject(&key(5001), TTL, 10);
+        tokio::time::advance(TTL / 2).await;
+        assert!(matches!(store.lookup(&key(1), TTL), Lookup::Created(_)));
+        assert_eq!(store.rejected_len(), 1, "the expired key outlived a lookup");
+    }
+
+    /// A new key is created only when admitted; known and rejected keys never ask.
+    #[tokio::test(start_paused = true)]
+    async fn admission_is_asked_only_for_new_keys() {
+        let store = Store::default();
+        assert!(matches!(
+            store.lookup_admitted(&key(1), TTL, || false),
+            Lookup::Refused
+        ));
+        assert!(store.is_empty(), "a refused key was created");
+        assert!(matches!(
+            store.lookup_admitted(&key(1), TTL, || true),
+            Lookup::Created(_)
+        ));
+        let asked = std::cell::Cell::new(false);
+        let found = store.lookup_admitted(&key(1), TTL, || {
+            asked.set(true);
+            false
+        });
+        assert!(matches!(found, Lookup::Found(_)) && !asked.get());
+        store.reject(&key(2), TTL, 10);
+        let rejected = store.lookup_admitted(&key(2), TTL, || {
+            asked.set(true);
+            true
+        });
+        assert!(matches!(rejected, Lookup::Rejected) && !asked.get());
+    }
+}
