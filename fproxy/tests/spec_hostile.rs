@@ -211,8 +211,11 @@ async fn invented_keys_are_bounded_by_the_new_key_budget() {
     let started = Instant::now();
     let gets: Vec<_> = (0..300)
         .map(|i| {
-            c.get(dcs(&p, &format!("/v1/download_config_specs/secret-made-up-{i}.json")))
-                .send()
+            c.get(dcs(
+                &p,
+                &format!("/v1/download_config_specs/secret-made-up-{i}.json"),
+            ))
+            .send()
         })
         .collect();
     let mut over = 0;
@@ -256,7 +259,10 @@ async fn invented_keys_are_bounded_by_the_new_key_budget() {
     }
     let asked = up.state.lock().unwrap().requests.len() - before;
     let bound = allowed(5.0, started.elapsed());
-    assert!(asked <= bound, "{asked} upstream requests over gRPC, budget {bound}");
+    assert!(
+        asked <= bound,
+        "{asked} upstream requests over gRPC, budget {bound}"
+    );
     assert!(unavailable > 0);
     assert_eq!(
         p.scrape().value(refusals, &[APP]),

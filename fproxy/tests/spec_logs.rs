@@ -50,8 +50,11 @@ async fn unknown_keys_do_not_flood_the_log() {
     let n = 300;
     let gets: Vec<_> = (0..n)
         .map(|i| {
-            c.get(dcs(&p, &format!("/v1/download_config_specs/secret-nobody-{i}.json")))
-                .send()
+            c.get(dcs(
+                &p,
+                &format!("/v1/download_config_specs/secret-nobody-{i}.json"),
+            ))
+            .send()
         })
         .collect();
     for g in gets {
@@ -59,7 +62,11 @@ async fn unknown_keys_do_not_flood_the_log() {
         assert_eq!(r.status(), 401);
     }
     let elapsed = started.elapsed().as_secs() as usize;
-    assert_eq!(up.state.lock().unwrap().requests.len(), n, "keys not fetched");
+    assert_eq!(
+        up.state.lock().unwrap().requests.len(),
+        n,
+        "keys not fetched"
+    );
     p.stop().await;
 
     let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();

@@ -249,7 +249,9 @@ impl SpecConfig {
         let warm_keys = std::mem::take(&mut raw.warm_keys)
             .iter()
             .enumerate()
-            .map(|(i, k)| SdkKey::parse(k).map_err(|e| f.err(&format!("warm_keys[{i}]"), e.to_string())))
+            .map(|(i, k)| {
+                SdkKey::parse(k).map_err(|e| f.err(&format!("warm_keys[{i}]"), e.to_string()))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let max_sdk_keys = at_least_one(
             f,

@@ -417,12 +417,11 @@ pub(crate) async fn find(
 ) -> Result<(Arc<Entry>, Arc<Spec>), Missing> {
     let settings = shared.settings.load();
     let stats = &shared.stats;
-    let lookup =
-        shared
-            .store
-            .lookup_admitted(key, settings.spec.rejected_key_ttl, || {
-                settings.new_keys.take()
-            });
+    let lookup = shared
+        .store
+        .lookup_admitted(key, settings.spec.rejected_key_ttl, || {
+            settings.new_keys.take()
+        });
     let entry = match lookup {
         Lookup::Rejected => {
             stats.rejected.inc();

@@ -79,7 +79,10 @@ mod tests {
         assert_eq!(Route::parse("/v1/startup"), Route::Startup);
         assert_eq!(Route::parse("/v3/download_config_specs/k"), Route::NotFound);
         assert_eq!(Route::parse("/v1/health/x"), Route::NotFound);
-        assert_eq!(Route::parse("/v1/download_config_specs/a/b.json"), Route::NotFound);
+        assert_eq!(
+            Route::parse("/v1/download_config_specs/a/b.json"),
+            Route::NotFound
+        );
         assert_eq!(Route::parse(""), Route::NotFound);
         assert_eq!(key("/v1/download_config_specs"), None);
         for p in [
@@ -116,7 +119,10 @@ mod tests {
     }
 
     fn check(p: &str) -> Result<(), TestCaseError> {
-        if let Route::Dcs { key: Some(Ok(k)), .. } = Route::parse(p) {
+        if let Route::Dcs {
+            key: Some(Ok(k)), ..
+        } = Route::parse(p)
+        {
             let k = k.as_str();
             prop_assert!(!k.contains(['/', '\\', '?', '#', '%']));
             prop_assert!(!k.chars().any(|c| c.is_whitespace() || c.is_control()));
