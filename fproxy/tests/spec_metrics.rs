@@ -24,7 +24,7 @@ const OTHER: &str = "secret-other-key-0123456789";
 fn masked(key: &str) -> String {
     Key {
         api: Api::V1,
-        sdk_key: key.into(),
+        sdk_key: key.parse().unwrap(),
     }
     .masked()
 }

@@ -545,6 +545,16 @@ fn parse_admin(raw: serde_json::Value) -> Result<AdminConfig, ConfigError> {
     })?;
     let listen = raw.listen.as_deref().unwrap_or(defaults::ADMIN_LISTEN);
     let listen = parse_listen(listen).map_err(|e| err("admin.listen", e))?;
+    if raw.allowed_hosts.len() > limits::MAX_LISTEN {
+        return Err(err(
+            "admin.allowed_hosts",
+            format!(
+                "{} entries, more than {}",
+                raw.allowed_hosts.len(),
+                limits::MAX_LISTEN
+            ),
+        ));
+    }
     let allowed_hosts = raw
         .allowed_hosts
         .iter()
@@ -554,30 +564,34 @@ fn parse_admin(raw: serde_json::Value) -> Result<AdminConfig, ConfigError> {
                 .map_err(|e| err(&format!("admin.allowed_hosts[{i}]"), e))
         })
         .collect::<Result<_, _>>()?;
+    // The same bounded parsers as app fields, so the admin section gets the same
+    // ceilings (a huge duration would overflow `Instant + d` in the server layer).
     let duration = |name: &str, v: Option<String>, default: Duration| match v {
         None => Ok(default),
-        Some(s) => match humantime::parse_duration(&s) {
-            Ok(d) if !d.is_zero() => Ok(d),
-            Ok(_) => Err(err(
-                &format!("admin.{name}"),
-                "must be greater than zero".into(),
-            )),
-            Err(e) => Err(err(
-                &format!("admin.{name}"),
-                format!("{s:?} is not a duration like \"500ms\" or \"2s\": {e}"),
-            )),
-        },
+        Some(s) => parse_duration(&s).map_err(|e| err(&format!("admin.{name}"), e)),
     };
-    use crate::server::admin as limits;
-    let header_timeout = duration("header_timeout", raw.header_timeout, limits::HEADER_TIMEOUT)?;
+    use crate::server::admin as admin_defaults;
+    let header_timeout = duration(
+        "header_timeout",
+        raw.header_timeout,
+        admin_defaults::HEADER_TIMEOUT,
+    )?;
     let keepalive_timeout = duration(
         "keepalive_timeout",
         raw.keepalive_timeout,
-        limits::KEEPALIVE_TIMEOUT,
+        admin_defaults::KEEPALIVE_TIMEOUT,
     )?;
-    let max_connections = match raw.max_connections.unwrap_or(limits::MAX_CONNECTIONS) {
-        0 => return Err(err("admin.max_connections", "must be at least 1".into())),
-        n => n,
+    let max_connections = match raw
+        .max_connections
+        .unwrap_or(admin_defaults::MAX_CONNECTIONS)
+    {
+        n @ 1..=100_000 => n,
+        n => {
+            return Err(err(
+                "admin.max_connections",
+                format!("{n} is outside 1-100000"),
+            ))
+        }
     };
     Ok(AdminConfig {
         listen,
@@ -808,6 +822,12 @@ pub(crate) struct RawApp {
     #[serde(default)]
     pub(crate) rejected_key_ttl: Option<String>,
     #[serde(default)]
+    pub(crate) max_rejected_keys: Option<usize>,
+    #[serde(default)]
+    pub(crate) new_key_fetches_per_second: Option<u32>,
+    #[serde(default)]
+    pub(crate) max_spec_size: Option<usize>,
+    #[serde(default)]
     pub(crate) cache: Option<spec::RawCache>,
     #[serde(default)]
     pub(crate) header_timeout: Option<String>,
@@ -844,6 +864,12 @@ impl RawApp {
             ("heartbeat_interval", self.heartbeat_interval.is_some()),
             ("drop_unauthorized", self.drop_unauthorized.is_some()),
             ("rejected_key_ttl", self.rejected_key_ttl.is_some()),
+            ("max_rejected_keys", self.max_rejected_keys.is_some()),
+            (
+                "new_key_fetches_per_second",
+                self.new_key_fetches_per_second.is_some(),
+            ),
+            ("max_spec_size", self.max_spec_size.is_some()),
             ("cache", self.cache.is_some()),
             ("header_timeout", self.header_timeout.is_some()),
             ("keepalive_timeout", self.keepalive_timeout.is_some()),

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::{ConfigError, Fields, RawApp};
+use crate::spec::key::SdkKey;
 
 /// Defaults of the optional spec fields. Documented in `docs/spec.md`.
 pub mod defaults {
@@ -24,6 +25,10 @@ pub mod defaults {
     /// Per app, HTTP and gRPC together: with the admin API's 64 this stays well
     /// under a default 1024 file descriptor soft limit.
     pub const MAX_CONNECTIONS: usize = 512;
+    pub const MAX_REJECTED_KEYS: usize = 10_000;
+    pub const NEW_KEY_FETCHES_PER_SECOND: u32 = 20;
+    /// 50 MiB: far above any real spec, far below what hurts.
+    pub const MAX_SPEC_SIZE: usize = 50 * 1024 * 1024;
     pub const REDIS_PREFIX: &str = "statsig";
     pub const REDIS_CACHE_TTL: Duration = Duration::from_secs(86_400);
     pub const REDIS_LEADER_TTL: Duration = Duration::from_secs(70);
@@ -182,7 +187,7 @@ pub struct SpecConfig {
     pub fetch_concurrency: usize,
     pub request_timeout: Duration,
     /// SDK keys fetched at start; readiness waits for them.
-    pub warm_keys: Vec<String>,
+    pub warm_keys: Vec<SdkKey>,
     /// Distinct SDK keys kept; past it the least recently requested are evicted.
     pub max_sdk_keys: usize,
     /// A key whose last successful upstream check is older than this makes the app
@@ -198,6 +203,13 @@ pub struct SpecConfig {
     pub drop_unauthorized: bool,
     /// How long a key upstream rejected is answered 401 without asking again.
     pub rejected_key_ttl: Duration,
+    /// Rejected keys remembered at most; past it the oldest are forgotten.
+    pub max_rejected_keys: usize,
+    /// First fetches of keys the app does not know, per second (and at once);
+    /// requests over it get 503 / UNAVAILABLE without asking upstream.
+    pub new_key_fetches_per_second: u32,
+    /// Largest upstream response body read (bytes, after decompression).
+    pub max_spec_size: usize,
     pub cache: Cache,
     /// A connection must send a whole request head within this of connecting (or
     /// of the first byte of its next request).
@@ -247,13 +259,13 @@ impl SpecConfig {
             raw.request_timeout.take(),
             defaults::REQUEST_TIMEOUT,
         )?;
-        let warm_keys = std::mem::take(&mut raw.warm_keys);
-        if let Some(i) = warm_keys.iter().position(|k| !valid_key(k)) {
-            return Err(f.err(
-                &format!("warm_keys[{i}]"),
-                "an SDK key must be 1-256 visible ASCII characters, without `/`",
-            ));
-        }
+        let warm_keys = std::mem::take(&mut raw.warm_keys)
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                SdkKey::parse(k).map_err(|e| f.err(&format!("warm_keys[{i}]"), e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let max_sdk_keys = at_least_one(
             f,
             "max_sdk_keys",
@@ -309,6 +321,7 @@ impl SpecConfig {
             "max_connections",
             raw.max_connections.take(),
             defaults::MAX_CONNECTIONS,
+            1_000_000,
         )?;
         Ok(SpecConfig {
             header_timeout,
@@ -327,6 +340,27 @@ impl SpecConfig {
             heartbeat_interval,
             drop_unauthorized: raw.drop_unauthorized.take().unwrap_or(false),
             rejected_key_ttl,
+            max_rejected_keys: at_least_one(
+                f,
+                "max_rejected_keys",
+                raw.max_rejected_keys.take(),
+                defaults::MAX_REJECTED_KEYS,
+                1_000_000,
+            )?,
+            new_key_fetches_per_second: f.number(
+                "new_key_fetches_per_second",
+                raw.new_key_fetches_per_second.take(),
+                defaults::NEW_KEY_FETCHES_PER_SECOND,
+                1..=100_000,
+            )?,
+            max_spec_size: at_least_one(
+                f,
+                "max_spec_size",
+                raw.max_spec_size.take(),
+                defaults::MAX_SPEC_SIZE,
+                // 4 GiB: a cap must stay a cap, and `usize` arithmetic sane.
+                4 << 30,
+            )?,
             cache: Cache::validate(raw.cache.take(), f)?,
         })
     }
@@ -341,9 +375,4 @@ fn at_least_one(
     max: usize,
 ) -> Result<usize, ConfigError> {
     f.number(name, v, default, 1..=max)
-}
-
-/// SDK keys travel in URL paths and headers: keep them to what is safe in both.
-pub fn valid_key(k: &str) -> bool {
-    !k.is_empty() && k.len() <= 256 && k.bytes().all(|b| b.is_ascii_graphic() && b != b'/')
 }

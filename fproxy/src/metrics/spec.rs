@@ -84,6 +84,10 @@ pub struct SpecMetrics {
     pub redis: Family<RedisLabels, Counter>,
     pub leader: Family<AppLabels, Gauge>,
     pub evicted: Family<AppLabels, Counter>,
+    /// Requests for a new SDK key refused because the app's
+    /// `new_key_fetches_per_second` budget was spent (answered 503 / UNAVAILABLE
+    /// without asking upstream).
+    pub new_key_refusals: Family<AppLabels, Counter>,
     /// Per key: the lcut served, whether it has data, when upstream last answered.
     pub key_lcut: Family<KeyLabels, Gauge>,
     pub key_has_data: Family<KeyLabels, Gauge>,
@@ -102,6 +106,7 @@ impl SpecMetrics {
             redis: Family::default(),
             leader: Family::default(),
             evicted: Family::default(),
+            new_key_refusals: Family::default(),
             key_lcut: Family::default(),
             key_has_data: Family::default(),
             key_last_success: Family::default(),
@@ -147,6 +152,11 @@ impl SpecMetrics {
             "evicted_keys",
             "SDK keys evicted over max_sdk_keys",
             m.evicted.clone(),
+        );
+        r.register(
+            "new_key_refusals",
+            "Requests for a new SDK key refused over new_key_fetches_per_second",
+            m.new_key_refusals.clone(),
         );
         r.register(
             "key_lcut",
@@ -198,6 +208,7 @@ impl SpecMetrics {
             propagation: self.propagation.get_or_create_owned(&l),
             streams: self.streams.get_or_create_owned(&l),
             evicted: self.evicted.get_or_create_owned(&l),
+            new_key_refused: self.new_key_refusals.get_or_create_owned(&l),
             keys: KeyMetrics {
                 app: app.into(),
                 families: self.clone(),
@@ -239,6 +250,7 @@ impl SpecMetrics {
         self.streams.remove(&l);
         self.leader.remove(&l);
         self.evicted.remove(&l);
+        self.new_key_refusals.remove(&l);
         // Every pair a spec app can count, not only those created up front.
         let routes = HTTP_ROUTES
             .iter()
@@ -359,6 +371,7 @@ pub struct SpecHandles {
     pub propagation: Histogram,
     pub streams: Gauge,
     pub evicted: Counter,
+    pub new_key_refused: Counter,
     pub keys: KeyMetrics,
 }
 

@@ -20,6 +20,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use super::key::SdkKey;
 use super::store::{Api, Key, Spec};
 use super::{find, Missing, Shared};
 use crate::metrics::spec::grpc_code_name;
@@ -49,19 +50,17 @@ fn key_of(req: &ConfigSpecRequest) -> Result<Key, Status> {
         Some(ApiVersion::V2) => Api::V2,
         _ => Api::V1,
     };
-    if !crate::config::spec::valid_key(&req.sdk_key) {
-        return Err(Status::permission_denied("invalid SDK key"));
-    }
-    Ok(Key {
-        api,
-        sdk_key: req.sdk_key.clone(),
-    })
+    // Refused before any lookup: upstream never sees a malformed key.
+    let sdk_key = SdkKey::parse(&req.sdk_key)
+        .map_err(|e| Status::permission_denied(format!("invalid SDK key: {e}")))?;
+    Ok(Key { api, sdk_key })
 }
 
 fn status(m: Missing) -> Status {
     match m {
         Missing::Unauthorized => Status::permission_denied("SDK key not accepted upstream"),
         Missing::Unavailable => Status::unavailable("upstream unavailable; retry"),
+        Missing::OverBudget => Status::unavailable("too many new SDK keys at once; retry shortly"),
     }
 }
 

@@ -1,6 +1,7 @@
 //! The HTTP interface SDKs and operators talk to.
 //!
-//! Routes (empty path segments are ignored, so `//v1/...` works too):
+//! Routes (parsed by [`Route::parse`]; empty path segments are ignored, so
+//! `//v1/...` works too):
 //! - `GET|POST /{v1|v2}/download_config_specs[/{key}[.json|.js]]`
 //! - `GET /v1/health` (alive), `/v1/ready` and `/v1/startup` (503 until ready)
 //!
@@ -18,9 +19,11 @@ use hyper::header::{
 };
 use hyper::{Method, Request, Response, StatusCode};
 
+use super::key::{KeyError, SdkKey};
+use super::route::Route;
 use super::store::{Api, Key, Spec};
 use super::{Missing, Shared};
-use crate::config::spec::valid_key;
+use crate::loglimit::LogLimit;
 
 pub type Body = Full<Bytes>;
 
@@ -31,24 +34,14 @@ pub async fn handle(
     shared: Arc<Shared>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
-    let path = req.uri().path().to_string();
-    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    let (route, resp) = match (req.method(), segments.as_slice()) {
-        (&Method::GET, ["v1", "health"]) => {
+    let (route, resp) = match (req.method(), Route::parse(req.uri().path())) {
+        (&Method::GET, Route::Health) => {
             ("health", json(StatusCode::OK, r#"{"status":"ok"}"#.into()))
         }
-        (&Method::GET, ["v1", "ready"]) => ("ready", ready(&shared, true)),
-        (&Method::GET, ["v1", "startup"]) => ("startup", ready(&shared, false)),
-        (&Method::GET | &Method::POST, [v, "download_config_specs", rest @ ..])
-            if rest.len() <= 1 =>
-        {
-            match api(v) {
-                Some(api) => (
-                    "download_config_specs",
-                    dcs(&shared, api, rest.first().copied(), req).await,
-                ),
-                None => ("not_found", not_found()),
-            }
+        (&Method::GET, Route::Ready) => ("ready", ready(&shared, true)),
+        (&Method::GET, Route::Startup) => ("startup", ready(&shared, false)),
+        (&Method::GET | &Method::POST, Route::Dcs { api, key }) => {
+            ("download_config_specs", dcs(&shared, api, key, req).await)
         }
         _ => ("not_found", not_found()),
     };
@@ -56,34 +49,30 @@ pub async fn handle(
     Ok(resp)
 }
 
-fn api(v: &str) -> Option<Api> {
-    match v {
-        "v1" => Some(Api::V1),
-        "v2" => Some(Api::V2),
-        _ => None,
-    }
-}
-
 async fn dcs(
     shared: &Arc<Shared>,
     api: Api,
-    file: Option<&str>,
+    from_path: Option<Result<SdkKey, KeyError>>,
     req: Request<Incoming>,
 ) -> Response<Body> {
-    // Header wins over path.
-    let from_header = req
-        .headers()
-        .get("statsig-api-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let from_path = file.map(|f| {
-        f.strip_suffix(".json")
-            .or_else(|| f.strip_suffix(".js"))
-            .unwrap_or(f)
-            .to_string()
-    });
-    let Some(sdk_key) = from_header.or(from_path).filter(|k| valid_key(k)) else {
-        return unauthorized();
+    // Header wins over path. Either way the key passed SdkKey::parse, or upstream
+    // is not asked.
+    let sdk_key = match req.headers().get("statsig-api-key") {
+        Some(v) => v
+            .to_str()
+            .map_err(|_| KeyError::BadCharacter)
+            .and_then(SdkKey::parse),
+        None => from_path.unwrap_or(Err(KeyError::Empty)),
+    };
+    let sdk_key = match sdk_key {
+        Ok(k) => k,
+        Err(e) => {
+            static BAD: LogLimit = LogLimit::per_second();
+            if let Some(suppressed) = BAD.allow() {
+                tracing::debug!(app = %shared.name(), error = %e, suppressed, "malformed SDK key refused");
+            }
+            return text(StatusCode::UNAUTHORIZED, "Unauthorized: malformed SDK key");
+        }
     };
     let gzip = accepts_gzip(req.headers());
     let mut since = query_since(req.uri().query());
@@ -105,6 +94,15 @@ async fn dcs(
             let mut r = text(StatusCode::SERVICE_UNAVAILABLE, "Upstream unavailable");
             r.headers_mut()
                 .insert("retry-after", HeaderValue::from_static("5"));
+            return r;
+        }
+        Err(Missing::OverBudget) => {
+            let mut r = text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Too many new SDK keys at once; retry shortly",
+            );
+            r.headers_mut()
+                .insert("retry-after", HeaderValue::from_static("1"));
             return r;
         }
     };

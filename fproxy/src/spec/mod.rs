@@ -5,10 +5,13 @@
 //! swaps the app's settings (upstream, intervals, limits) atomically and keeps its
 //! store, so nothing cached is lost and open connections carry on.
 
+mod budget;
 pub mod grpc;
 mod http;
+pub mod key;
 mod poll;
 pub mod redis;
+pub mod route;
 pub mod store;
 pub mod upstream;
 
@@ -28,6 +31,7 @@ use crate::admin::status::{AppStatus, KeyStatus, SpecStatus};
 use crate::app::{App, BoxFuture};
 use crate::config::{AppConfig, Cache, Kind, SpecConfig};
 use crate::listener::{BoundSet, Handler, Listener, Listeners};
+use crate::loglimit::LogLimit;
 use crate::metrics::spec::{RedisHandles, SpecHandles};
 use crate::metrics::Metrics;
 use crate::server::{ConnCap, Stop, Timeouts};
@@ -41,6 +45,8 @@ pub(crate) struct Settings {
     pub upstream: Result<Upstream, String>,
     /// Bounds upstream fetches in flight.
     pub fetches: Arc<Semaphore>,
+    /// Bounds first fetches of keys the app does not know, per second.
+    pub new_keys: Arc<budget::Budget>,
     /// The shared cache, when configured, and the token that stops its tasks.
     pub redis: Option<(Arc<redis::RedisCache>, CancellationToken)>,
 }
@@ -66,6 +72,17 @@ impl Settings {
             Some(p) if p.spec.fetch_concurrency == spec.fetch_concurrency => p.fetches.clone(),
             _ => Arc::new(Semaphore::new(spec.fetch_concurrency)),
         };
+        let new_keys = match previous {
+            Some(p) if p.spec.new_key_fetches_per_second == spec.new_key_fetches_per_second => {
+                p.new_keys.clone()
+            }
+            // The burst is one second's worth: enough for a fleet of SDKs with a
+            // few keys starting at once, nowhere near a flood.
+            _ => Arc::new(budget::Budget::new(
+                spec.new_key_fetches_per_second,
+                spec.new_key_fetches_per_second,
+            )),
+        };
         let redis = match (&spec.cache, previous.and_then(|p| p.redis.as_ref())) {
             (Cache::Redis(cfg), Some((r, stop))) if r.config() == cfg => {
                 Some((r.clone(), stop.clone()))
@@ -80,6 +97,7 @@ impl Settings {
             spec,
             upstream,
             fetches,
+            new_keys,
             redis,
         }
     }
@@ -376,6 +394,8 @@ pub(crate) enum Missing {
     Unauthorized,
     /// Upstream has not answered (yet): answer 503 / UNAVAILABLE.
     Unavailable,
+    /// A new key over the new-key budget: answer 503 / UNAVAILABLE, retry soon.
+    OverBudget,
 }
 
 /// The key's entry and current spec, waiting for the first fetch if the key is new
@@ -386,13 +406,36 @@ pub(crate) async fn find(
 ) -> Result<(Arc<Entry>, Arc<Spec>), Missing> {
     let settings = shared.settings.load();
     let stats = &shared.stats;
-    let entry = match shared.store.lookup(key, settings.spec.rejected_key_ttl) {
+    let lookup = shared
+        .store
+        .lookup_admitted(key, settings.spec.rejected_key_ttl, || {
+            settings.new_keys.take()
+        });
+    let entry = match lookup {
         Lookup::Rejected => {
             stats.rejected.inc();
             return Err(Missing::Unauthorized);
         }
+        Lookup::Refused => {
+            stats.new_key_refused.inc();
+            static OVER: LogLimit = LogLimit::per_second();
+            if let Some(suppressed) = OVER.allow() {
+                tracing::warn!(
+                    app = %shared.name(),
+                    key = key.masked(),
+                    suppressed,
+                    per_second = settings.spec.new_key_fetches_per_second,
+                    "new SDK key refused: over new_key_fetches_per_second"
+                );
+            }
+            return Err(Missing::OverBudget);
+        }
         Lookup::Found(e) => e,
         Lookup::Created(e) => {
+            // Keep the map within max_sdk_keys now, not only at the next poll.
+            let mut keep = settings.warm_keys();
+            keep.push(key.clone());
+            poll::evict(shared, settings.spec.max_sdk_keys, &keep);
             tokio::spawn(poll::fetch(shared.clone(), e.clone()));
             e
         }

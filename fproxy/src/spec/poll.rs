@@ -18,6 +18,7 @@ use super::redis::RedisCache;
 use super::store::{Entry, Key, Lookup, Spec, Upstream as State};
 use super::upstream::Fetched;
 use super::Shared;
+use crate::loglimit::LogLimit;
 
 /// The longest a failing key waits between attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
@@ -58,7 +59,9 @@ pub async fn fetch(shared: Arc<Shared>, entry: Arc<Entry>) {
     let since = entry.spec().map(|s| s.lcut);
     let key = entry.key.masked();
     let started = Instant::now();
-    let fetched = upstream.fetch(&entry.key, since).await;
+    let fetched = upstream
+        .fetch(&entry.key, since, settings.spec.max_spec_size)
+        .await;
     stats
         .fetch_duration
         .observe(started.elapsed().as_secs_f64());
@@ -84,10 +87,18 @@ pub async fn fetch(shared: Arc<Shared>, entry: Arc<Entry>) {
         }
         Ok(Fetched::Unauthorized(status)) => {
             stats.unauthorized.inc();
-            tracing::warn!(app = %shared.name(), key, status, "upstream rejects this SDK key");
+            // Any client can name unknown keys: a sample of them is enough.
+            static REJECTS: LogLimit = LogLimit::per_second();
+            if let Some(suppressed) = REJECTS.allow() {
+                tracing::warn!(app = %shared.name(), key, status, suppressed, "upstream rejects this SDK key");
+            }
             if entry.spec().is_none() {
                 // Never had data: forget it, answer 401 for a while without asking.
-                shared.store.reject(&entry.key);
+                shared.store.reject(
+                    &entry.key,
+                    settings.spec.rejected_key_ttl,
+                    settings.spec.max_rejected_keys,
+                );
             } else if settings.spec.drop_unauthorized {
                 entry.clear();
                 if let Some(cache) = cache.as_ref().filter(|c| c.is_leader()) {
@@ -99,7 +110,12 @@ pub async fn fetch(shared: Arc<Shared>, entry: Arc<Entry>) {
         }
         Err(e) => {
             stats.fetch_error.inc();
-            tracing::warn!(app = %shared.name(), key, error = %e, "fetch failed; serving the last good spec");
+            // One line per failing key and round could be thousands (keys come
+            // from clients): a sample, with the count left out.
+            static FAILED: LogLimit = LogLimit::per_second();
+            if let Some(suppressed) = FAILED.allow() {
+                tracing::warn!(app = %shared.name(), key, error = %e, suppressed, "fetch failed; serving the last good spec");
+            }
             entry.set_upstream(State::Failing(e.to_string()));
             backoff(&entry, settings.spec.poll_interval);
         }
@@ -187,6 +203,26 @@ async fn repair(shared: &Shared, cache: &RedisCache) {
     }
 }
 
+/// Evicts the least recently requested keys beyond `max`, sparing `keep`.
+pub(super) fn evict(shared: &Shared, max: usize, keep: &[Key]) {
+    let evicted = shared.store.evict_beyond(max, keep);
+    if evicted.is_empty() {
+        return;
+    }
+    shared.stats.evicted.inc_by(evicted.len() as u64);
+    // Clients naming new valid keys drive this: one line a second at most.
+    static EVICTED: LogLimit = LogLimit::per_second();
+    if let Some(suppressed) = EVICTED.allow() {
+        tracing::info!(
+            app = %shared.name(),
+            key = evicted[0].masked(),
+            count = evicted.len(),
+            suppressed,
+            "evicted over max_sdk_keys (least recently requested)"
+        );
+    }
+}
+
 /// Counts a failure; the entry is skipped until its backoff has passed.
 fn backoff(entry: &Entry, base: Duration) {
     let failures = entry.failures.fetch_add(1, Ordering::Relaxed) + 1;
@@ -213,10 +249,8 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
         last_round = Instant::now();
         let settings = shared.settings.load_full();
         let warm: Vec<Key> = settings.warm_keys();
-        for key in shared.store.evict_beyond(settings.spec.max_sdk_keys, &warm) {
-            shared.stats.evicted.inc();
-            tracing::info!(app = %shared.name(), key = key.masked(), "evicted (least recently requested)");
-        }
+        evict(&shared, settings.spec.max_sdk_keys, &warm);
+        shared.store.sweep_rejected(settings.spec.rejected_key_ttl);
         let cache = settings.cache().filter(|c| c.is_connected()).cloned();
         if let Some(cache) = &cache {
             if !cache.is_leader() {
@@ -239,6 +273,8 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
                         );
                     }
                 }
+                // Followers' keys count against max_sdk_keys too.
+                evict(&shared, settings.spec.max_sdk_keys, &warm);
             }
         }
         let mut fetches = JoinSet::new();
@@ -270,7 +306,7 @@ mod tests {
         let store = Store::default();
         let key = Key {
             api: Api::V1,
-            sdk_key: "secret-k".into(),
+            sdk_key: "secret-k".parse().unwrap(),
         };
         let Lookup::Created(entry) = store.lookup(&key, Duration::from_secs(60)) else {
             panic!("new key not created");

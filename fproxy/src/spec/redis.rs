@@ -27,6 +27,7 @@ use redis::AsyncCommands;
 use sha2::Digest;
 use tokio_util::sync::CancellationToken;
 
+use super::key::SdkKey;
 use super::store::{Api, Key, Spec};
 use crate::config::spec::{redact_url, RedisConfig};
 use crate::metrics::spec::RedisHandles;
@@ -222,7 +223,7 @@ impl RedisCache {
 
     /// The hash an SDK adapter reads for `key`.
     pub fn hash_key(&self, key: &Key) -> String {
-        let short: String = key.sdk_key.chars().take(20).collect();
+        let short: String = key.sdk_key.as_str().chars().take(20).collect();
         format!(
             "{}|/{}/download_config_specs|plain_text|{short}",
             self.cfg.prefix,
@@ -231,7 +232,7 @@ impl RedisCache {
     }
 
     fn legacy_key(&self, key: &Key) -> String {
-        let digest = sha2::Sha256::digest(key.sdk_key.as_bytes());
+        let digest = sha2::Sha256::digest(key.sdk_key.as_str().as_bytes());
         let b64 = base64::engine::general_purpose::STANDARD.encode(digest);
         format!(
             "{}|/{}/download_config_specs|plain_text|{b64}",
@@ -370,7 +371,7 @@ impl RedisCache {
         let r = async {
             let mut c = self.conn()?;
             let now = unix_secs();
-            let member = format!("{}|{}", key.api.path(), key.sdk_key);
+            let member = format!("{}|{}", key.api.path(), key.sdk_key.as_str());
             let _: i64 = c.zadd(self.registry_key(), member, now).await?;
             Ok(())
         }
@@ -394,9 +395,11 @@ impl RedisCache {
                         "v2" => Api::V2,
                         _ => return None,
                     };
+                    // Anyone with access to Redis can write here: the same
+                    // check as for keys from clients.
                     Some(Key {
                         api,
-                        sdk_key: sdk_key.to_string(),
+                        sdk_key: SdkKey::parse(sdk_key).ok()?,
                     })
                 })
                 .collect())

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
+use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -19,6 +20,8 @@ use tokio::time::Instant;
 
 use crate::metrics::spec::{KeyHandles, KeyMetrics};
 use crate::metrics::unix_now;
+
+pub use super::key::SdkKey;
 
 /// DCS API version of a request; v1 and v2 payloads differ, so they are cached apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -40,13 +43,13 @@ impl Api {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Key {
     pub api: Api,
-    pub sdk_key: String,
+    pub sdk_key: SdkKey,
 }
 
 impl Key {
     /// The SDK key shortened for logs and status: never the whole secret.
     pub fn masked(&self) -> String {
-        format!("{}:{}", self.api.path(), mask(&self.sdk_key))
+        format!("{}:{}", self.api.path(), self.sdk_key.masked())
     }
 }
 
@@ -244,8 +247,11 @@ impl Entry {
 #[derive(Debug)]
 pub struct Store {
     entries: RwLock<HashMap<Key, Arc<Entry>>>,
-    /// Keys upstream rejected, with when: answered 401 without asking again.
-    rejected: Mutex<HashMap<Key, Instant>>,
+    /// Keys upstream rejected, with when: answered 401 without asking again. In
+    /// order of rejection (read with `peek`, which keeps the order), capped at
+    /// `max_rejected_keys` (the oldest goes first) and swept of expired ones on
+    /// every reject and lookup, so clients inventing keys cannot grow it.
+    rejected: Mutex<lru::LruCache<Key, Instant>>,
     epoch: Instant,
     /// Creates each key's series with its entry and removes them with it, both
     /// under the entries' write lock, so a key's series exist exactly while it does.
@@ -265,13 +271,19 @@ pub enum Lookup {
     Created(Arc<Entry>),
     /// Recently rejected by upstream.
     Rejected,
+    /// New, but the caller's admission (the new-key budget) said no: nothing
+    /// was created.
+    Refused,
 }
+
+/// Remembered rejected keys before the first [`Store::reject`] sets the cap.
+const REJECTED_CAP: NonZeroUsize = NonZeroUsize::new(10_000).unwrap();
 
 impl Store {
     pub fn new(metrics: Option<KeyMetrics>) -> Store {
         Store {
             entries: RwLock::default(),
-            rejected: Mutex::default(),
+            rejected: Mutex::new(lru::LruCache::new(REJECTED_CAP)),
             epoch: Instant::now(),
             metrics,
         }
@@ -281,8 +293,20 @@ impl Store {
         ms_since(self.epoch, Instant::now())
     }
 
-    /// Finds `key`, creating it if new (unless upstream rejected it within `ttl`).
+    /// Finds `key`, creating it if new (unless upstream rejected it within `ttl`),
+    /// for trusted sources (warm keys, keys other instances registered).
     pub fn lookup(&self, key: &Key, rejected_ttl: Duration) -> Lookup {
+        self.lookup_admitted(key, rejected_ttl, || true)
+    }
+
+    /// Like [`Store::lookup`], but a new key is created only if `admit` (asked
+    /// only then, once) agrees; otherwise [`Lookup::Refused`].
+    pub fn lookup_admitted(
+        &self,
+        key: &Key,
+        rejected_ttl: Duration,
+        admit: impl FnOnce() -> bool,
+    ) -> Lookup {
         let now = self.now_ms();
         if let Some(e) = read(&self.entries).get(key) {
             e.last_requested.store(now, Ordering::Relaxed);
@@ -290,10 +314,11 @@ impl Store {
         }
         {
             let mut rejected = lock(&self.rejected);
-            match rejected.get(key) {
+            sweep(&mut rejected, rejected_ttl);
+            match rejected.peek(key) {
                 Some(at) if at.elapsed() < rejected_ttl => return Lookup::Rejected,
                 Some(_) => {
-                    rejected.remove(key);
+                    rejected.pop(key);
                 }
                 None => {}
             }
@@ -302,6 +327,9 @@ impl Store {
         // Another request may have created it since the read lock was released.
         if let Some(e) = entries.get(key) {
             return Lookup::Found(e.clone());
+        }
+        if !admit() {
+            return Lookup::Refused;
         }
         let entry = Arc::new(Entry {
             key: key.clone(),
@@ -319,15 +347,35 @@ impl Store {
         Lookup::Created(entry)
     }
 
-    /// Forgets `key` and answers 401 for it for a while.
-    pub fn reject(&self, key: &Key) {
+    /// Forgets `key` and answers 401 for it for `ttl`. At most `max` rejected
+    /// keys are remembered; past it the oldest is forgotten (and asked upstream
+    /// again, within the new-key budget, if a client names it again).
+    pub fn reject(&self, key: &Key, ttl: Duration, max: usize) {
         let mut entries = write(&self.entries);
         // Under the lock, so a new entry for the key cannot get the series first.
         if entries.remove(key).is_some() {
             self.forget_series(key);
         }
         drop(entries);
-        lock(&self.rejected).insert(key.clone(), Instant::now());
+        let mut rejected = lock(&self.rejected);
+        let cap = NonZeroUsize::new(max).unwrap_or(NonZeroUsize::MIN);
+        if rejected.cap() != cap {
+            rejected.resize(cap);
+        }
+        sweep(&mut rejected, ttl);
+        // `push` evicts the oldest when full.
+        rejected.push(key.clone(), Instant::now());
+    }
+
+    /// Forgets rejected keys older than `ttl` (the poller calls this each round,
+    /// so the map empties even when no one asks).
+    pub fn sweep_rejected(&self, ttl: Duration) {
+        sweep(&mut lock(&self.rejected), ttl);
+    }
+
+    /// How many rejected keys are remembered.
+    pub fn rejected_len(&self) -> usize {
+        lock(&self.rejected).len()
     }
 
     fn forget_series(&self, key: &Key) {
@@ -385,6 +433,17 @@ impl Store {
     }
 }
 
+/// Drops the expired rejected keys: the oldest are at the end, so it stops at the
+/// first one still fresh.
+fn sweep(rejected: &mut lru::LruCache<Key, Instant>, ttl: Duration) {
+    while rejected
+        .peek_lru()
+        .is_some_and(|(_, at)| at.elapsed() >= ttl)
+    {
+        rejected.pop_lru();
+    }
+}
+
 /// Milliseconds from `epoch` to `t`, never 0 (0 means "never").
 fn ms_since(epoch: Instant, t: Instant) -> u64 {
     t.saturating_duration_since(epoch).as_millis() as u64 + 1
@@ -402,4 +461,72 @@ fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 
 fn lock<T>(l: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     l.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(i: usize) -> Key {
+        Key {
+            api: Api::V1,
+            sdk_key: SdkKey::parse(&format!("secret-{i}")).unwrap(),
+        }
+    }
+
+    const TTL: Duration = Duration::from_secs(60);
+
+    /// However many keys are rejected, at most `max` are remembered (the oldest
+    /// go first), and they expire after the TTL even if no one asks again.
+    #[tokio::test(start_paused = true)]
+    async fn rejected_keys_are_capped_and_expire() {
+        let store = Store::default();
+        for i in 0..1000 {
+            store.reject(&key(i), TTL, 10);
+            tokio::time::advance(Duration::from_millis(1)).await;
+        }
+        assert_eq!(store.rejected_len(), 10);
+        assert!(matches!(store.lookup(&key(999), TTL), Lookup::Rejected));
+        // The oldest were forgotten: asked upstream again (a new entry).
+        assert!(matches!(store.lookup(&key(0), TTL), Lookup::Created(_)));
+
+        tokio::time::advance(TTL).await;
+        store.sweep_rejected(TTL);
+        assert_eq!(store.rejected_len(), 0, "expired keys kept");
+
+        // Expiry also happens on the way, without a sweep.
+        store.reject(&key(5000), TTL, 10);
+        tokio::time::advance(TTL / 2).await;
+        store.reject(&key(5001), TTL, 10);
+        tokio::time::advance(TTL / 2).await;
+        assert!(matches!(store.lookup(&key(1), TTL), Lookup::Created(_)));
+        assert_eq!(store.rejected_len(), 1, "the expired key outlived a lookup");
+    }
+
+    /// A new key is created only when admitted; known and rejected keys never ask.
+    #[tokio::test(start_paused = true)]
+    async fn admission_is_asked_only_for_new_keys() {
+        let store = Store::default();
+        assert!(matches!(
+            store.lookup_admitted(&key(1), TTL, || false),
+            Lookup::Refused
+        ));
+        assert!(store.is_empty(), "a refused key was created");
+        assert!(matches!(
+            store.lookup_admitted(&key(1), TTL, || true),
+            Lookup::Created(_)
+        ));
+        let asked = std::cell::Cell::new(false);
+        let found = store.lookup_admitted(&key(1), TTL, || {
+            asked.set(true);
+            false
+        });
+        assert!(matches!(found, Lookup::Found(_)) && !asked.get());
+        store.reject(&key(2), TTL, 10);
+        let rejected = store.lookup_admitted(&key(2), TTL, || {
+            asked.set(true);
+            true
+        });
+        assert!(matches!(rejected, Lookup::Rejected) && !asked.get());
+    }
 }

@@ -26,6 +26,8 @@ pub enum FetchError {
     Status(u16),
     #[error("upstream payload rejected: {0}")]
     Payload(String),
+    #[error("upstream response larger than max_spec_size ({0} bytes)")]
+    TooLarge(usize),
 }
 
 /// An HTTP client for one upstream base URL.
@@ -53,13 +55,21 @@ impl Upstream {
         &self.base
     }
 
-    /// `GET {base}/{v}/download_config_specs/{key}.json[?sinceTime=lcut]`.
-    pub async fn fetch(&self, key: &Key, since: Option<u64>) -> Result<Fetched, FetchError> {
+    /// `GET {base}/{v}/download_config_specs/{key}.json[?sinceTime=lcut]`, reading
+    /// at most `max_size` bytes of body.
+    pub async fn fetch(
+        &self,
+        key: &Key,
+        since: Option<u64>,
+        max_size: usize,
+    ) -> Result<Fetched, FetchError> {
+        // The key is checked to be one plain segment; encoding it anyway keeps the
+        // URL right should that check ever loosen.
         let mut url = format!(
             "{}/{}/download_config_specs/{}.json",
             self.base,
             key.api.path(),
-            key.sdk_key
+            super::key::encode(key.sdk_key.as_str())
         );
         if let Some(since) = since {
             url.push_str(&format!("?sinceTime={since}"));
@@ -67,10 +77,10 @@ impl Upstream {
         let req = self
             .client
             .get(&url)
-            .header("statsig-api-key", &key.sdk_key);
+            .header("statsig-api-key", key.sdk_key.as_str());
         // The error text of reqwest carries the URL, which holds the key: keep only
         // the kind of failure.
-        let resp = req
+        let mut resp = req
             .send()
             .await
             .map_err(|e| FetchError::Transport(describe(&e)))?;
@@ -85,11 +95,23 @@ impl Upstream {
             .get("x-since-time")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok());
-        let body = resp
-            .bytes()
+        // Counted chunk by chunk (after gzip decoding), so an endless or huge body
+        // is cut off at the cap instead of being held whole.
+        if resp.content_length().is_some_and(|n| n > max_size as u64) {
+            return Err(FetchError::TooLarge(max_size));
+        }
+        let mut body = bytes::BytesMut::new();
+        while let Some(chunk) = resp
+            .chunk()
             .await
-            .map_err(|e| FetchError::Transport(describe(&e)))?;
-        parse(body, header_lcut)
+            .map_err(|e| FetchError::Transport(describe(&e)))?
+        {
+            if body.len() + chunk.len() > max_size {
+                return Err(FetchError::TooLarge(max_size));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        parse(body.freeze(), header_lcut)
     }
 }
 

@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
@@ -34,6 +36,10 @@ pub struct UpState {
     pub specs: HashMap<String, (u64, String)>,
     /// Answer every request with this status instead.
     pub status: Option<u16>,
+    /// Answer every spec request with 200 and a body that never ends (no
+    /// content-length); counts the bytes sent in `endless_sent`.
+    pub endless: bool,
+    pub endless_sent: Arc<std::sync::atomic::AtomicUsize>,
     pub requests: Vec<String>,
     seen: mpsc::UnboundedSender<String>,
 }
@@ -54,6 +60,8 @@ impl Upstream {
             state: Arc::new(Mutex::new(UpState {
                 specs: HashMap::new(),
                 status: None,
+                endless: false,
+                endless_sent: Arc::default(),
                 requests: Vec::new(),
                 seen: tx,
             })),
@@ -104,17 +112,30 @@ impl Upstream {
     }
 }
 
-fn answer(state: &Mutex<UpState>, req: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+type UpBody = BoxBody<Bytes, Infallible>;
+
+fn answer(state: &Mutex<UpState>, req: &Request<hyper::body::Incoming>) -> Response<UpBody> {
     let mut st = state.lock().unwrap();
     let uri = req.uri().to_string();
     st.requests.push(uri.clone());
     let _ = st.seen.send(uri.clone());
     let status = st.status;
     let resp = |code: u16, body: String| {
-        let mut r = Response::new(Full::new(Bytes::from(body)));
+        let mut r = Response::new(Full::new(Bytes::from(body)).boxed());
         *r.status_mut() = hyper::StatusCode::from_u16(code).unwrap();
         r
     };
+    if st.endless {
+        // `{"time":1,"pad":"xxxx...` forever: valid JSON so far, never finished.
+        let sent = st.endless_sent.clone();
+        let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+        let head = std::iter::once(Bytes::from_static(br#"{"time":1,"pad":""#));
+        let frames = head.chain(std::iter::repeat(chunk)).map(move |b| {
+            sent.fetch_add(b.len(), std::sync::atomic::Ordering::Relaxed);
+            Ok::<_, Infallible>(Frame::data(b))
+        });
+        return Response::new(BodyExt::boxed(StreamBody::new(tokio_stream::iter(frames))));
+    }
     if let Some(code) = status {
         return resp(code, "upstream says no".into());
     }
