@@ -403,8 +403,9 @@ impl Store {
     }
 
     /// Evicts keys beyond `max`, sparing those `keep` says to (warm keys, the
-    /// key being created). Keys without data go first, least recently requested
-    /// first, and only then keys with data: invented SDK keys never get a spec,
+    /// key being created). Keys without data go first (failed ones before those
+    /// still waiting for their first fetch), least recently requested first, and
+    /// only then keys with data: invented SDK keys never get a spec,
     /// so a flood of them (always the most recently requested) replaces only
     /// each other and never pushes out real keys' last good specs, which matter
     /// most while upstream is down. Returns the evicted keys.
@@ -417,12 +418,13 @@ impl Store {
             return Vec::new();
         }
         let excess = entries.len() - max;
-        // Smallest first: no data (false) before data, then oldest request.
+        // Smallest first: no data before data; among keys without data, those
+        // whose fetch already failed before those still waiting for their first
+        // (likely a real key that arrived a moment ago); then the oldest request.
         let rank = |e: &Entry| {
-            (
-                e.spec.load().is_some(),
-                e.last_requested.load(Ordering::Relaxed),
-            )
+            let has_data = e.spec.load().is_some();
+            let waiting = matches!(e.changes.borrow().0, Upstream::Pending);
+            (has_data, waiting, e.last_requested.load(Ordering::Relaxed))
         };
         let candidates = entries.values().filter(|e| !keep(&e.key));
         let evicted: Vec<Key> = if excess == 1 {
@@ -609,6 +611,23 @@ mod tests {
         expected.sort();
         assert_eq!(evicted, expected);
         assert_eq!(store.len(), N - 2);
+
+        // Without data, a key whose fetch failed goes before one still waiting
+        // for its first fetch, even a more recently requested one.
+        let pending = invented(2000);
+        store.lookup(&pending, TTL);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let Lookup::Created(failed) = store.lookup(&invented(2001), TTL) else {
+            panic!("not created");
+        };
+        failed.set_upstream(Upstream::Failing("503".into()));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        store.lookup(&invented(2002), TTL);
+        let evicted = store.evict_beyond(N, |x| x == &invented(2002));
+        assert_eq!(evicted, vec![invented(2001)]);
+        let mut evicted = store.evict_beyond(N - 2, |_| false);
+        evicted.sort();
+        assert_eq!(evicted, vec![pending, invented(2002)]);
 
         // Among keys with data, the least recently requested goes; warm keys never.
         store.lookup(&key(2), TTL);
