@@ -1,21 +1,26 @@
 //! The file descriptor limit (RLIMIT_NOFILE) against what the config may need.
 //!
 //! Every proxied TCP connection holds two descriptors (client and target), every
-//! listener one. Distributions start processes with a soft limit of 1024, which a
+//! spec or admin connection and every listener one, spec apps' upstream fetches
+//! and Redis connections a few more. Distributions start processes with a soft limit of 1024, which a
 //! few hundred clients exhaust; the hard limit is usually far higher. So the daemon
 //! raises its soft limit to the hard one at start ([`raise`]) and, on every config
-//! it applies, warns when the limit cannot carry the apps' `max_connections`
+//! it applies, warns when the limit cannot carry the configured `max_connections`
 //! ([`Demand::check`]). Running out is handled (accept pauses, connects fail as local errors
 //! that blame no target), but an operator should hear about it before it happens.
 
 use nix::sys::resource::{getrlimit, setrlimit, Resource, RLIM_INFINITY};
 
-use crate::config::{Config, Kind};
+use crate::config::{Cache, Config, Kind};
 
-/// Descriptors kept for everything that is not a proxied connection: the admin
-/// API and its clients, DNS, the config watcher, spec apps' upstream clients, the
-/// runtime itself.
+/// Descriptors kept for what no config field bounds: DNS, the config watcher,
+/// health checks, the runtime itself.
 pub const RESERVE: u64 = 64;
+
+/// Redis connections a spec app with a Redis cache may hold: the command
+/// connection and the pub/sub subscription, and their replacements while a
+/// reconnect is under way.
+pub const REDIS_PER_APP: u64 = 4;
 
 /// The soft and hard limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,10 +74,12 @@ pub fn raise() -> Option<Limits> {
 /// What a config may use at its limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Demand {
-    /// Descriptors: two per TCP connection (summed over apps), one per listener,
-    /// plus [`RESERVE`].
+    /// Descriptors: one per listener; two per TCP connection (client and
+    /// target); one per spec app connection (HTTP and gRPC clients), plus its
+    /// `fetch_concurrency` upstream sockets and [`REDIS_PER_APP`] with a Redis
+    /// cache; one per admin API connection and its listener; and [`RESERVE`].
     pub fds: u64,
-    /// The sum of the TCP apps' `max_connections`.
+    /// The sum of every server's `max_connections` (TCP and spec apps, admin API).
     pub connections: u64,
 }
 
@@ -82,14 +89,33 @@ impl Demand {
             fds: RESERVE,
             connections: 0,
         };
+        let mut add = |fds: u64| d.fds = d.fds.saturating_add(fds);
+        let mut connections = 0u64;
         for app in &config.apps {
-            d.fds = d.fds.saturating_add(app.addresses().len() as u64);
-            if let Kind::Tcp(t) = &app.kind {
-                let c = t.max_connections as u64;
-                d.connections = d.connections.saturating_add(c);
-                d.fds = d.fds.saturating_add(c.saturating_mul(2));
+            add(app.addresses().len() as u64);
+            match &app.kind {
+                Kind::Tcp(t) => {
+                    let c = t.max_connections as u64;
+                    connections = connections.saturating_add(c);
+                    add(c.saturating_mul(2));
+                }
+                Kind::Spec(s) => {
+                    let c = s.max_connections as u64;
+                    connections = connections.saturating_add(c);
+                    add(c);
+                    add(s.fetch_concurrency as u64);
+                    if matches!(s.cache, Cache::Redis(_)) {
+                        add(REDIS_PER_APP);
+                    }
+                }
             }
         }
+        if let Some(admin) = &config.admin {
+            let c = admin.max_connections as u64;
+            connections = connections.saturating_add(c);
+            add(c.saturating_add(1));
+        }
+        d.connections = connections;
         d
     }
 
@@ -105,8 +131,9 @@ impl Demand {
             needed = self.fds,
             max_connections = self.connections,
             "the file descriptor limit cannot carry the configured max_connections \
-             (2 per connection, summed over apps, plus listeners and {RESERVE} spare): \
-             clients beyond about (limit - listeners - {RESERVE}) / 2 will be refused; \
+             (2 per TCP connection, 1 per spec or admin connection, spec fetch_concurrency \
+             and Redis connections, listeners, {RESERVE} spare): \
+             some clients will be refused at the limits; \
              raise the hard limit (ulimit -Hn, systemd LimitNOFILE=) or lower max_connections"
         );
         Some(limit)
@@ -119,16 +146,28 @@ mod tests {
     use crate::config::Validator;
     use crate::strategy::Registry;
 
+    /// Two per TCP connection; one per spec and admin connection, plus spec
+    /// upstream fetches and Redis; one per listener; the reserve.
     #[test]
-    fn needs_two_per_connection_plus_listeners() {
+    fn counts_every_server_and_upstream() {
         let json = r#"{"apps":[
             {"name":"a","listen":["127.0.0.1:1","127.0.0.1:2"],"targets":["10.0.0.1:1"],"max_connections":100},
-            {"name":"b","listen":["127.0.0.1:3"],"targets":["10.0.0.1:1"],"max_connections":50}]}"#;
+            {"name":"b","listen":["127.0.0.1:3"],"targets":["10.0.0.1:1"],"max_connections":50},
+            {"name":"s","kind":"spec","listen":["127.0.0.1:4"],"grpc_listen":["127.0.0.1:5"],
+             "upstream":"http://u","max_connections":30,"fetch_concurrency":7,
+             "cache":{"backend":"redis","url":"redis://h:1"}},
+            {"name":"t","kind":"spec","listen":["127.0.0.1:6"],"upstream":"http://u",
+             "max_connections":20,"fetch_concurrency":3}],
+            "admin":{"listen":"127.0.0.1:7","max_connections":9}}"#;
         let config = Validator::new(Registry::default().names())
             .parse(json)
             .unwrap();
         let d = Demand::of(&config);
-        assert_eq!(d.fds, RESERVE + 3 + 2 * 150);
-        assert_eq!(d.connections, 150);
+        let listeners = 6;
+        let tcp = 2 * 150;
+        let spec = 30 + 7 + REDIS_PER_APP + 20 + 3;
+        let admin = 9 + 1;
+        assert_eq!(d.fds, RESERVE + listeners + tcp + spec + admin);
+        assert_eq!(d.connections, 150 + 50 + 9);
     }
 }

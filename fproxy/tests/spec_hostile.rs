@@ -306,3 +306,43 @@ async fn max_sdk_keys_holds_between_polls() {
     assert_eq!(with_data, 2, "keys kept");
     p.stop().await;
 }
+
+/// While upstream is down, a flood of invented keys (which never get data)
+/// replaces only invented keys: real keys keep serving their last good spec.
+#[tokio::test]
+async fn invented_keys_do_not_evict_real_keys_during_an_outage() {
+    let (up, _seen) = Upstream::start().await;
+    let keys: Vec<String> = (0..2).map(|i| format!("{i}-secret-real")).collect();
+    for k in &keys {
+        up.publish(k, 1, payload(1, true));
+    }
+    // Room for the real keys and one more; the flood stays within the default
+    // new-key budget (20/s, burst 20), so every invented key gets an entry.
+    let p = Proxy::start(&spec_app(
+        &up.url(),
+        r#","max_sdk_keys":3,"poll_interval":"1h""#,
+    ))
+    .await;
+    let c = client();
+    let status = |k: String| {
+        let c = c.clone();
+        let url = dcs(&p, &format!("/v1/download_config_specs/{k}.json"));
+        async move { c.get(url).send().await.unwrap().status().as_u16() }
+    };
+    for k in &keys {
+        assert_eq!(status(k.clone()).await, 200);
+    }
+    up.fail_with(Some(503));
+    for i in 0..10 {
+        assert_eq!(status(format!("{i}-secret-invented")).await, 503);
+    }
+    let evicted = p.scrape().value("fproxy_spec_evicted_keys_total", &[APP]);
+    assert_eq!(
+        evicted, 9.0,
+        "each invented key after the first replaces one"
+    );
+    for k in &keys {
+        assert_eq!(status(k.clone()).await, 200, "{k} lost its spec");
+    }
+    p.stop().await;
+}

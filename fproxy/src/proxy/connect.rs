@@ -50,8 +50,9 @@ pub enum ConnectError {
         deadline: std::time::Duration,
         last: String,
     },
-    /// A local resource ran out while connecting to `addr`; the targets were
-    /// not at fault, and no further target was tried (they would fail the same way).
+    /// A local resource ran out while connecting to `addr`; the targets were not
+    /// at fault. Host-wide shortages (fds, memory) stop at the first; a lack of
+    /// local ports (per destination) ends here only when every target lacked them.
     #[error("local resource exhausted connecting to {addr}: {source}")]
     Local {
         addr: SocketAddr,
@@ -140,6 +141,10 @@ where
         .filter(|&i| !any_up || route.states[i].available(now_ms));
     let mut retries = 0;
     let mut last = String::from("none tried");
+    // The last local error that did not stop the search, and whether any target
+    // failed on its own account (then the answer is "no target", not "local").
+    let mut local: Option<(SocketAddr, io::Error)> = None;
+    let mut any_target_failed = false;
 
     for index in tries {
         let slot = &route.targets[index];
@@ -170,6 +175,8 @@ where
                 }
             },
         };
+        // Only the target's own failures count toward ejecting it.
+        let mut target_failed = false;
         for addr in addrs {
             let Some(left) = deadline
                 .checked_duration_since(Instant::now())
@@ -194,27 +201,52 @@ where
                 }
                 Ok(Err(e)) if Side::of(&e) == Side::Local => {
                     // Not the target's failure: no failure count, no ejection.
-                    // Other targets would fail alike, so the client is answered now.
-                    return Err(ConnectError::Local { addr, source: e });
+                    if host_wide(&e) {
+                        // Other targets would fail alike: answer the client now.
+                        return Err(ConnectError::Local { addr, source: e });
+                    }
+                    // Out of local ports for this destination only (the kernel
+                    // needs a free port per 4-tuple): another address or target
+                    // usually still connects.
+                    last = format!("connect {target} ({addr}): {e}");
+                    local = Some((addr, e));
                 }
                 Ok(Err(e)) => {
                     slot.traffic.refused.inc();
                     last = format!("connect {target} ({addr}): {e}");
+                    target_failed = true;
                 }
                 Err(_) => {
                     slot.traffic.timeout.inc();
                     last = format!("connect {target} ({addr}): timed out");
+                    target_failed = true;
                 }
             }
             retries += 1;
             tracing::debug!(app = %route.app.name, %client, error = %last, "connect attempt failed");
         }
-        passive_failure(route, index);
+        if target_failed {
+            any_target_failed = true;
+            passive_failure(route, index);
+        }
     }
-    Err(ConnectError::Exhausted {
-        deadline: cfg.connect_deadline,
-        last,
-    })
+    match local {
+        // Only local errors: say so (counted and logged as local, not as targets down).
+        Some((addr, source)) if !any_target_failed => Err(ConnectError::Local { addr, source }),
+        _ => Err(ConnectError::Exhausted {
+            deadline: cfg.connect_deadline,
+            last,
+        }),
+    }
+}
+
+/// Whether a local connect error would hit every destination alike: the
+/// process's or host's file descriptors (EMFILE, ENFILE), or kernel memory and
+/// socket buffers (ENOBUFS, ENOMEM), which are shared by all sockets, so trying
+/// more targets only spends more of what ran out. EADDRNOTAVAIL (no free local
+/// port) is per destination, so it is not.
+fn host_wide(e: &io::Error) -> bool {
+    e.raw_os_error().map(Errno::from_raw) != Some(Errno::EADDRNOTAVAIL)
 }
 
 /// Counts a failed connect to a target and ejects it after enough in a row, for a
@@ -306,20 +338,26 @@ mod tests {
         let r = route(r#","passive":{"consecutive_failures":1,"base_ejection":"10s"}"#);
         let resolver = Resolver::from_system();
         let client: SocketAddr = "127.0.0.1:9".parse().unwrap();
-        for errno in [
-            Errno::EMFILE,
-            Errno::ENFILE,
-            Errno::ENOBUFS,
-            Errno::ENOMEM,
-            Errno::EADDRNOTAVAIL,
+        // Host-wide shortages stop at the first attempt; a lack of local ports
+        // (per destination) tries every target first.
+        for (errno, attempts) in [
+            (Errno::EMFILE, 1),
+            (Errno::ENFILE, 1),
+            (Errno::ENOBUFS, 1),
+            (Errno::ENOMEM, 1),
+            (Errno::EADDRNOTAVAIL, 4),
         ] {
             for _ in 0..5 {
-                let e = connect_with(&r, &resolver, client, failing(errno))
-                    .await
-                    .unwrap_err();
+                let dials = std::cell::Cell::new(0);
+                let dial = |a| {
+                    dials.set(dials.get() + 1);
+                    failing(errno)(a)
+                };
+                let e = connect_with(&r, &resolver, client, dial).await.unwrap_err();
                 assert_eq!(e.side(), Side::Local, "{errno}: {e}");
                 assert!(e.retry_safe());
                 assert!(matches!(e, ConnectError::Local { .. }), "{e}");
+                assert_eq!(dials.get(), attempts, "{errno}: attempts");
             }
         }
         let now = r.now_ms();
@@ -355,5 +393,39 @@ mod tests {
         passive_failure(&r, 3);
         let now = r.now_ms();
         assert!(r.states[2].is_ejected(now) && r.states[3].is_ejected(now));
+    }
+
+    /// Out of local ports for one destination: the next target is tried (and
+    /// connects), and the one without ports is not blamed.
+    #[tokio::test(start_paused = true)]
+    async fn no_local_port_fails_over_to_the_next_target() {
+        let r = route(r#","passive":{"consecutive_failures":1,"base_ejection":"10s"}"#);
+        let resolver = Resolver::from_system();
+        let client: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let good: SocketAddr = "10.0.0.3:1".parse().unwrap();
+        for _ in 0..4 {
+            // Connected before the call: no real I/O while time is paused.
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let stream = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            stream.set_nonblocking(true).unwrap();
+            let stream = std::cell::RefCell::new(Some(TcpStream::from_std(stream).unwrap()));
+            let dial = |a: SocketAddr| {
+                let s = if a == good {
+                    stream.borrow_mut().take()
+                } else {
+                    None
+                };
+                std::future::ready(
+                    s.ok_or_else(|| io::Error::from_raw_os_error(Errno::EADDRNOTAVAIL as i32)),
+                )
+            };
+            let c = connect_with(&r, &resolver, client, dial).await.unwrap();
+            assert_eq!(c.addr, good);
+        }
+        let now = r.now_ms();
+        for s in &r.states {
+            assert_eq!(s.failures(), 0, "{} blamed for a local error", s.target);
+            assert!(!s.is_ejected(now));
+        }
     }
 }

@@ -15,6 +15,7 @@ pub mod route;
 pub mod store;
 pub mod upstream;
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -49,6 +50,9 @@ pub(crate) struct Settings {
     pub new_keys: Arc<budget::Budget>,
     /// The shared cache, when configured, and the token that stops its tasks.
     pub redis: Option<(Arc<redis::RedisCache>, CancellationToken)>,
+    /// The warm keys as a set, built once per config: eviction asks it for
+    /// every key in the map on every new key.
+    pub warm: HashSet<Key>,
 }
 
 impl Settings {
@@ -93,7 +97,9 @@ impl Settings {
             )),
             (Cache::Local, _) => None,
         };
+        let warm = warm_keys(&spec).collect();
         Settings {
+            warm,
             spec,
             upstream,
             fetches,
@@ -108,15 +114,16 @@ impl Settings {
 
     /// Warm keys are v1 keys (what most server SDKs ask for).
     pub fn warm_keys(&self) -> Vec<Key> {
-        self.spec
-            .warm_keys
-            .iter()
-            .map(|k| Key {
-                api: Api::V1,
-                sdk_key: k.clone(),
-            })
-            .collect()
+        warm_keys(&self.spec).collect()
     }
+}
+
+/// Warm keys are v1 keys (what most server SDKs ask for).
+fn warm_keys(spec: &SpecConfig) -> impl Iterator<Item = Key> + '_ {
+    spec.warm_keys.iter().map(|k| Key {
+        api: Api::V1,
+        sdk_key: k.clone(),
+    })
 }
 
 /// State shared by the app's listeners, connections and poller.
@@ -433,9 +440,9 @@ pub(crate) async fn find(
         Lookup::Found(e) => e,
         Lookup::Created(e) => {
             // Keep the map within max_sdk_keys now, not only at the next poll.
-            let mut keep = settings.warm_keys();
-            keep.push(key.clone());
-            poll::evict(shared, settings.spec.max_sdk_keys, &keep);
+            poll::evict(shared, settings.spec.max_sdk_keys, |k| {
+                k == key || settings.warm.contains(k)
+            });
             tokio::spawn(poll::fetch(shared.clone(), e.clone()));
             e
         }

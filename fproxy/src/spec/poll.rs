@@ -203,8 +203,8 @@ async fn repair(shared: &Shared, cache: &RedisCache) {
     }
 }
 
-/// Evicts the least recently requested keys beyond `max`, sparing `keep`.
-pub(super) fn evict(shared: &Shared, max: usize, keep: &[Key]) {
+/// Evicts keys beyond `max` (those without data first), sparing `keep`.
+pub(super) fn evict(shared: &Shared, max: usize, keep: impl Fn(&Key) -> bool) {
     let evicted = shared.store.evict_beyond(max, keep);
     if evicted.is_empty() {
         return;
@@ -218,7 +218,7 @@ pub(super) fn evict(shared: &Shared, max: usize, keep: &[Key]) {
             key = evicted[0].masked(),
             count = evicted.len(),
             suppressed,
-            "evicted over max_sdk_keys (least recently requested)"
+            "evicted over max_sdk_keys (keys without data first, then least recently requested)"
         );
     }
 }
@@ -248,8 +248,8 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
         }
         last_round = Instant::now();
         let settings = shared.settings.load_full();
-        let warm: Vec<Key> = settings.warm_keys();
-        evict(&shared, settings.spec.max_sdk_keys, &warm);
+        let warm = |k: &Key| settings.warm.contains(k);
+        evict(&shared, settings.spec.max_sdk_keys, warm);
         shared.store.sweep_rejected(settings.spec.rejected_key_ttl);
         let cache = settings.cache().filter(|c| c.is_connected()).cloned();
         if let Some(cache) = &cache {
@@ -274,7 +274,7 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
                     }
                 }
                 // Followers' keys count against max_sdk_keys too.
-                evict(&shared, settings.spec.max_sdk_keys, &warm);
+                evict(&shared, settings.spec.max_sdk_keys, warm);
             }
         }
         let mut fetches = JoinSet::new();

@@ -402,21 +402,45 @@ impl Store {
         all
     }
 
-    /// Evicts the least recently requested keys beyond `max`, sparing `keep`
-    /// (warm keys). Returns the evicted keys.
-    pub fn evict_beyond(&self, max: usize, keep: &[Key]) -> Vec<Key> {
+    /// Evicts keys beyond `max`, sparing those `keep` says to (warm keys, the
+    /// key being created). Keys without data go first (failed ones before those
+    /// still waiting for their first fetch), least recently requested first, and
+    /// only then keys with data: invented SDK keys never get a spec,
+    /// so a flood of them (always the most recently requested) replaces only
+    /// each other and never pushes out real keys' last good specs, which matter
+    /// most while upstream is down. Returns the evicted keys.
+    ///
+    /// One pass over the map (no sort) under the write lock: usually one key is
+    /// over, and this runs for every new key.
+    pub fn evict_beyond(&self, max: usize, keep: impl Fn(&Key) -> bool) -> Vec<Key> {
         let mut entries = write(&self.entries);
         if entries.len() <= max {
             return Vec::new();
         }
-        let mut by_age: Vec<(u64, Key)> = entries
-            .values()
-            .filter(|e| !keep.contains(&e.key))
-            .map(|e| (e.last_requested.load(Ordering::Relaxed), e.key.clone()))
-            .collect();
-        by_age.sort();
         let excess = entries.len() - max;
-        let evicted: Vec<Key> = by_age.into_iter().take(excess).map(|(_, k)| k).collect();
+        // Smallest first: no data before data; among keys without data, those
+        // whose fetch already failed before those still waiting for their first
+        // (likely a real key that arrived a moment ago); then the oldest request.
+        let rank = |e: &Entry| {
+            let has_data = e.spec.load().is_some();
+            let waiting = matches!(e.changes.borrow().0, Upstream::Pending);
+            (has_data, waiting, e.last_requested.load(Ordering::Relaxed))
+        };
+        let candidates = entries.values().filter(|e| !keep(&e.key));
+        let evicted: Vec<Key> = if excess == 1 {
+            candidates
+                .min_by_key(|e| rank(e))
+                .map(|e| e.key.clone())
+                .into_iter()
+                .collect()
+        } else {
+            let mut ranked: Vec<_> = candidates.map(|e| (rank(e), &e.key)).collect();
+            if ranked.len() > excess {
+                ranked.select_nth_unstable(excess - 1);
+                ranked.truncate(excess);
+            }
+            ranked.into_iter().map(|(_, k)| k.clone()).collect()
+        };
         for k in &evicted {
             entries.remove(k);
             self.forget_series(k);
@@ -528,5 +552,86 @@ mod tests {
             true
         });
         assert!(matches!(rejected, Lookup::Rejected) && !asked.get());
+    }
+
+    fn with_data(store: &Store, k: &Key) {
+        let Lookup::Created(e) = store.lookup(k, TTL) else {
+            panic!("{} already known", k.masked());
+        };
+        e.offer(Spec::new(1, Bytes::from_static(b"{}")));
+    }
+
+    fn invented(i: usize) -> Key {
+        Key {
+            api: Api::V1,
+            sdk_key: SdkKey::parse(&format!("invented-{i}")).unwrap(),
+        }
+    }
+
+    /// A flood of invented keys (never any data, always the most recently
+    /// requested) replaces only invented keys: every real key keeps its spec.
+    #[tokio::test(start_paused = true)]
+    async fn keys_without_data_are_evicted_before_keys_with_data() {
+        const N: usize = 50;
+        let store = Store::default();
+        for i in 0..N {
+            with_data(&store, &key(i));
+            tokio::time::advance(Duration::from_millis(1)).await;
+        }
+        for i in 0..1000 {
+            tokio::time::advance(Duration::from_millis(1)).await;
+            let k = invented(i);
+            assert!(matches!(store.lookup(&k, TTL), Lookup::Created(_)));
+            let evicted = store.evict_beyond(N, |x| x == &k);
+            // The first has only real keys to push out (the oldest); after it,
+            // each invented key replaces the one before.
+            let expected = if i == 0 { key(0) } else { invented(i - 1) };
+            assert_eq!(evicted, vec![expected], "new key {i}");
+            assert_eq!(store.len(), N);
+        }
+        for i in 1..N {
+            assert!(store.get(&key(i)).is_some(), "real key {i} evicted");
+        }
+
+        // Several over at once (the poll round after a reload lowers the cap):
+        // the invented ones go first, oldest first, and then the oldest real keys.
+        for i in 1000..1003 {
+            tokio::time::advance(Duration::from_millis(1)).await;
+            store.lookup(&invented(i), TTL);
+        }
+        let mut evicted = store.evict_beyond(N - 2, |_| false);
+        evicted.sort();
+        let mut expected = vec![
+            invented(999),
+            invented(1000),
+            invented(1001),
+            invented(1002),
+        ];
+        expected.push(key(1));
+        expected.sort();
+        assert_eq!(evicted, expected);
+        assert_eq!(store.len(), N - 2);
+
+        // Without data, a key whose fetch failed goes before one still waiting
+        // for its first fetch, even a more recently requested one.
+        let pending = invented(2000);
+        store.lookup(&pending, TTL);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let Lookup::Created(failed) = store.lookup(&invented(2001), TTL) else {
+            panic!("not created");
+        };
+        failed.set_upstream(Upstream::Failing("503".into()));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        store.lookup(&invented(2002), TTL);
+        let evicted = store.evict_beyond(N, |x| x == &invented(2002));
+        assert_eq!(evicted, vec![invented(2001)]);
+        let mut evicted = store.evict_beyond(N - 2, |_| false);
+        evicted.sort();
+        assert_eq!(evicted, vec![pending, invented(2002)]);
+
+        // Among keys with data, the least recently requested goes; warm keys never.
+        store.lookup(&key(2), TTL);
+        let evicted = store.evict_beyond(N - 3, |x| x == &key(3));
+        assert_eq!(evicted, vec![key(4)]);
     }
 }
