@@ -525,7 +525,9 @@ mod tests {
                 drop(gate.1.wait_while(closed, |c| *c));
             }))
         };
-        let mut watcher = FileWatcher::new(&path).read_timeout(Duration::from_millis(300));
+        // Long enough that the reads meant to succeed (thread start, stat, read) do
+        // on a loaded machine; short against the test's 10 s waits.
+        let mut watcher = FileWatcher::new(&path).read_timeout(Duration::from_secs(2));
         watcher.stall = Some(stall);
         let daemon = Daemon::new(Registry::default());
         let reloader = daemon.reloader();
@@ -556,7 +558,7 @@ mod tests {
         assert_eq!(
             error,
             format!(
-                "cannot read {}: reading it took longer than 300ms (a hung network or FUSE mount?); the read is abandoned",
+                "cannot read {}: reading it took longer than 2s (a hung network or FUSE mount?); the read is abandoned",
                 path.display()
             )
         );

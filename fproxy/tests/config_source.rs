@@ -262,11 +262,27 @@ impl Run {
         Run { events, stop, task }
     }
 
-    /// Asserts the next event applies a new version.
+    /// Waits (within [`WAIT`]) for a new version to be applied. An edit in place
+    /// is a truncate and a write, two syscalls: when the watcher reads between them
+    /// it sees a partial file and refuses it (or the old one again), then the write
+    /// brings the new text. Those in-between events are passed over; they are kept
+    /// to show should the new version never come.
     async fn applied(&mut self, what: &str) {
-        match within(what, self.events.recv()).await.unwrap() {
-            Event::Applied(_) => {}
-            other => panic!("{what}: not applied: {other:?}"),
+        let mut between = Vec::new();
+        let events = &mut self.events;
+        let wait = async {
+            loop {
+                match events.recv().await {
+                    Ok(Event::Applied(_)) => return,
+                    Ok(other @ (Event::Refused { .. } | Event::Unchanged(_))) => {
+                        between.push(other)
+                    }
+                    Err(e) => panic!("{what}: event stream: {e}"),
+                }
+            }
+        };
+        if tokio::time::timeout(WAIT, wait).await.is_err() {
+            panic!("{what}: not applied within {WAIT:?}; events: {between:?}");
         }
     }
 
