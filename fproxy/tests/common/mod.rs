@@ -3,6 +3,7 @@
 //! [`WAIT`], never a sleep.
 #![allow(dead_code)]
 
+pub mod bin;
 pub mod prom;
 pub mod redis_server;
 pub mod upstream;
