@@ -9,6 +9,8 @@ mod connect;
 mod copy;
 mod discover;
 mod health;
+#[cfg(test)]
+pub(crate) mod testing;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
