@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 
 use crate::config::read::{read_regular, ReadError, Reader, MAX_SIZE, READ_TIMEOUT};
 use crate::config::{Config, ConfigError, Validator};
+use crate::sync::lock;
 
 /// What a source sends the daemon.
 #[derive(Debug, Clone)]
@@ -253,11 +254,6 @@ impl Follow {
         }
         w.extra = watched;
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // The data (paths, a watcher handle) stays consistent across a panic.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The config path, each symlink it leads through and the file it finally names:
