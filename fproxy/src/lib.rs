@@ -23,6 +23,7 @@ pub mod proxy;
 pub mod server;
 pub mod spec;
 pub mod strategy;
+pub(crate) mod sync;
 pub mod watch;
 
 pub use config::{AppConfig, Config, ConfigError, Target, Validator};

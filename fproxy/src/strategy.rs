@@ -96,7 +96,7 @@ impl TargetState {
     /// up, `fall` failures take it down. Returns the new verdict when it changed.
     pub(crate) fn record_check(&self, ok: bool, rise: u32, fall: u32) -> Option<bool> {
         let streak = {
-            let mut s = self.streak.lock().unwrap_or_else(|e| e.into_inner());
+            let mut s = crate::sync::lock(&self.streak);
             if s.0 == ok {
                 s.1 = s.1.saturating_add(1);
             } else {

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 
 use crate::config::read::{read_regular, ReadError, Reader, MAX_SIZE, READ_TIMEOUT};
 use crate::config::{Config, ConfigError, Validator};
+use crate::sync::lock;
 
 /// What a source sends the daemon.
 #[derive(Debug, Clone)]
@@ -253,11 +254,6 @@ impl Follow {
         }
         w.extra = watched;
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // The data (paths, a watcher handle) stays consistent across a panic.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The config path, each symlink it leads through and the file it finally names:
@@ -525,7 +521,9 @@ mod tests {
                 drop(gate.1.wait_while(closed, |c| *c));
             }))
         };
-        let mut watcher = FileWatcher::new(&path).read_timeout(Duration::from_millis(300));
+        // Long enough that the reads meant to succeed (thread start, stat, read) do
+        // on a loaded machine; short against the test's 10 s waits.
+        let mut watcher = FileWatcher::new(&path).read_timeout(Duration::from_secs(2));
         watcher.stall = Some(stall);
         let daemon = Daemon::new(Registry::default());
         let reloader = daemon.reloader();
@@ -556,7 +554,7 @@ mod tests {
         assert_eq!(
             error,
             format!(
-                "cannot read {}: reading it took longer than 300ms (a hung network or FUSE mount?); the read is abandoned",
+                "cannot read {}: reading it took longer than 2s (a hung network or FUSE mount?); the read is abandoned",
                 path.display()
             )
         );

@@ -2,16 +2,12 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
+use common::bin::{Bin, BIN};
 use common::*;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use nix::sys::signal::Signal;
 use tokio::net::TcpStream;
-
-const BIN: &str = env!("CARGO_BIN_EXE_fproxy");
 
 /// Runs `fproxy check` on `config`; asserts it succeeds and prints `line`.
 fn check_prints(config: &str, line: &str) {
@@ -94,39 +90,13 @@ async fn sigterm_drains_open_connections_then_exits_zero() {
         )]),
     )
     .unwrap();
-    let mut child = tokio::process::Command::new(BIN)
-        .env("FPROXY_CONFIG_PATH", &path)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut log = BufReader::new(child.stderr.take().unwrap()).lines();
-    // Returns the first log line containing `what`.
-    let mut wait_for = async |what: &str| -> String {
-        within(what, async {
-            while let Some(line) = log.next_line().await.unwrap() {
-                if line.contains(what) {
-                    return line;
-                }
-            }
-            panic!("fproxy exited before logging {what:?}");
-        })
-        .await
-    };
-
-    let listening = wait_for("listening").await;
-    let listen: SocketAddr = listening
-        .rsplit("addr=")
-        .next()
-        .and_then(|a| a.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no address in {listening:?}"));
-    wait_for("config applied").await;
+    let mut bin = Bin::start(&path).await;
+    let listen = bin.addr("listening");
     let mut open = TcpStream::connect(listen).await.unwrap();
     roundtrip(&mut open, b"up").await.unwrap();
 
-    kill(Pid::from_raw(child.id().unwrap() as i32), Signal::SIGTERM).unwrap();
-    wait_for("all listeners closed").await;
+    bin.signal(Signal::SIGTERM);
+    bin.wait_for("all listeners closed").await;
     // New connections are refused...
     assert!(
         TcpStream::connect(listen).await.is_err(),
@@ -135,11 +105,11 @@ async fn sigterm_drains_open_connections_then_exits_zero() {
     // ...while the open one keeps working, and the process waits for it.
     roundtrip(&mut open, b"still draining").await.unwrap();
     assert!(
-        child.try_wait().unwrap().is_none(),
+        bin.child.try_wait().unwrap().is_none(),
         "exited before the drain"
     );
     drop(open);
-    let status = within("exit after drain", child.wait()).await.unwrap();
+    let status = within("exit after drain", bin.child.wait()).await.unwrap();
     assert!(status.success(), "{status}");
 }
 

@@ -2,7 +2,13 @@
 //! answers with a config or an error and never panics, and a config it accepts has
 //! every duration within the ceiling (so `Instant + d` cannot overflow at run time).
 //!
+//! The duration fields are not listed by hand: they are read from the `Debug` text
+//! of configs that set every section ([`duration_fields`]), so a field added later
+//! is generated, bounded and checked without anyone remembering to list it.
+//!
 //! Bounded to a few hundred cases each so the suite stays fast.
+
+use std::sync::LazyLock;
 
 use fproxy::config::limits::MAX_DURATION;
 use fproxy::{Config, Validator};
@@ -20,52 +26,35 @@ enum Ty {
     Bool,
 }
 
-/// Every field of an app, nested ones as `a.b`, with its type.
+/// Every field of an app but its durations, nested ones as `a.b`, with its type.
+/// The durations come from [`duration_fields`] (see [`fields`]).
 const FIELDS: &[(&str, Ty)] = &[
     ("name", Ty::Text),
     ("kind", Ty::Text),
     ("listen", Ty::Addrs),
     ("ports", Ty::Ports),
-    ("drain_timeout", Ty::Duration),
     ("targets", Ty::Addrs),
     ("strategy", Ty::Text),
-    ("connect_timeout", Ty::Duration),
-    ("connect_deadline", Ty::Duration),
-    ("idle_timeout", Ty::Duration),
     ("max_connections", Ty::Number),
     ("buffer_size", Ty::Number),
     ("new_targets_healthy", Ty::Bool),
-    ("health_check.interval", Ty::Duration),
-    ("health_check.timeout", Ty::Duration),
     ("health_check.rise", Ty::Number),
     ("health_check.fall", Ty::Number),
     ("health_check.send", Ty::Text),
     ("health_check.expect", Ty::Text),
     ("passive.consecutive_failures", Ty::Number),
-    ("passive.base_ejection", Ty::Duration),
     ("passive.max_ejected_percent", Ty::Number),
-    ("dns.min_ttl", Ty::Duration),
-    ("dns.max_ttl", Ty::Duration),
     ("dns.family", Ty::Text),
     ("grpc_listen", Ty::Addrs),
     ("grpc_ports", Ty::Ports),
     ("upstream", Ty::Text),
-    ("poll_interval", Ty::Duration),
     ("fetch_concurrency", Ty::Number),
-    ("request_timeout", Ty::Duration),
     ("max_sdk_keys", Ty::Number),
-    ("stale_after", Ty::Duration),
     ("max_streams", Ty::Number),
-    ("max_stream_age", Ty::Duration),
-    ("heartbeat_interval", Ty::Duration),
     ("drop_unauthorized", Ty::Bool),
-    ("rejected_key_ttl", Ty::Duration),
     ("cache.backend", Ty::Text),
     ("cache.url", Ty::Text),
     ("cache.prefix", Ty::Text),
-    ("cache.cache_ttl", Ty::Duration),
-    ("cache.leader_ttl", Ty::Duration),
-    ("cache.connect_timeout", Ty::Duration),
     ("cache.legacy_hashed_key", Ty::Bool),
 ];
 
@@ -143,10 +132,25 @@ fn typed(ty: Ty) -> BoxedStrategy<Value> {
     prop_oneof![9 => plausible, 1 => garbage()].boxed()
 }
 
-/// One field of `FIELDS` with a value of its type.
+/// Every field of an app with its type: [`FIELDS`] and the app duration fields
+/// of both kinds.
+fn fields() -> &'static [(&'static str, Ty)] {
+    static ALL: LazyLock<Vec<(&'static str, Ty)>> = LazyLock::new(|| {
+        let mut all = FIELDS.to_vec();
+        for (kind, path) in duration_fields() {
+            if *kind != "admin" && !all.iter().any(|(p, _)| p == path) {
+                all.push((path, Ty::Duration));
+            }
+        }
+        all
+    });
+    &ALL
+}
+
+/// One field of [`fields`] with a value of its type.
 fn field() -> impl Strategy<Value = (&'static str, Value)> {
-    (0..FIELDS.len()).prop_flat_map(|i| {
-        let (path, ty) = FIELDS[i];
+    (0..fields().len()).prop_flat_map(|i| {
+        let (path, ty) = fields()[i];
         typed(ty).prop_map(move |v| (path, v))
     })
 }
@@ -183,58 +187,32 @@ fn set(app: &mut Value, path: &str, value: Value) {
     }
 }
 
-/// A valid app with some of its own kind's duration fields set to any duration,
-/// huge ones included: mostly accepted, unless a duration is out of bounds.
+/// A valid config with some of its own kind's duration fields, and of the admin
+/// section's, set to any duration, huge ones included: mostly accepted, unless a
+/// duration is out of bounds.
 fn duration_app() -> impl Strategy<Value = Value> {
-    let durations = || {
-        prop::collection::vec(
-            prop_oneof!["[1-9][0-9]{0,3}(ms|s|m|h)", "[1-9][0-9]{0,21}(s|m|h|d|w|y)",],
-            8,
-        )
-    };
+    let n = duration_fields().len();
     (
         any::<bool>(),
-        durations(),
-        prop::collection::vec(any::<bool>(), 8),
+        prop::collection::vec(
+            prop_oneof!["[1-9][0-9]{0,3}(ms|s|m|h)", "[1-9][0-9]{0,21}(s|m|h|d|w|y)",],
+            n,
+        ),
+        prop::collection::vec(any::<bool>(), n),
     )
         .prop_map(|(tcp, values, pick)| {
-            let (mut app, fields) = if tcp {
-                (
-                    json!({"name": "t", "listen": ["127.0.0.1:0"], "targets": ["127.0.0.1:1"],
-                        "health_check": {}, "passive": {}}),
-                    &[
-                        "drain_timeout",
-                        "connect_timeout",
-                        "idle_timeout",
-                        "health_check.interval",
-                        "health_check.timeout",
-                        "passive.base_ejection",
-                        "dns.min_ttl",
-                        "dns.max_ttl",
-                    ],
-                )
-            } else {
-                (
-                    json!({"name": "s", "kind": "spec", "listen": ["127.0.0.1:0"],
-                        "cache": {"backend": "redis", "url": "redis://h:1"}}),
-                    &[
-                        "poll_interval",
-                        "request_timeout",
-                        "stale_after",
-                        "max_stream_age",
-                        "heartbeat_interval",
-                        "rejected_key_ttl",
-                        "cache.cache_ttl",
-                        "cache.connect_timeout",
-                    ],
-                )
-            };
-            for ((path, value), on) in fields.iter().zip(values).zip(pick) {
-                if on {
-                    set(&mut app, path, value.into());
+            let kind = if tcp { "tcp" } else { "spec" };
+            let mut c = json!({ "apps": [full_app(kind)], "admin": {"listen": "127.0.0.1:0"} });
+            for (((of, path), value), on) in duration_fields().iter().zip(values).zip(pick) {
+                if !on || (*of != kind && *of != "admin") {
+                    continue;
+                }
+                match path.strip_prefix("admin.") {
+                    Some(field) => c["admin"][field] = value.into(),
+                    None => set(&mut c["apps"][0], path, value.into()),
                 }
             }
-            json!({ "apps": [app] })
+            c
         })
 }
 
@@ -242,7 +220,22 @@ fn config() -> impl Strategy<Value = Value> {
     (
         prop::collection::vec(app(), 0..3),
         prop::option::of(prop_oneof![
-            addr().prop_map(|a| json!({ "listen": a })),
+            (
+                addr(),
+                prop::collection::vec(
+                    prop::option::of(typed(Ty::Duration)),
+                    admin_durations().count()
+                )
+            )
+                .prop_map(|(a, durations)| {
+                    let mut admin = json!({ "listen": a });
+                    for (field, d) in admin_durations().zip(durations) {
+                        if let Some(d) = d {
+                            admin[field] = d;
+                        }
+                    }
+                    admin
+                }),
             garbage()
         ]),
     )
@@ -258,32 +251,106 @@ fn config() -> impl Strategy<Value = Value> {
 /// Every `Duration` in the config's `Debug` text, in seconds. Reading the Debug
 /// text instead of listing fields keeps the check true for fields added later.
 fn durations(config: &Config) -> Vec<f64> {
-    let text = format!("{config:?}");
+    durations_by_path(config)
+        .into_iter()
+        .map(|(_, d)| d)
+        .collect()
+}
+
+/// Every `Duration` in the config's pretty `Debug` text with the path of its field
+/// as written in JSON (`drain_timeout`, `health_check.interval`, `cache.cache_ttl`,
+/// `admin.header_timeout`): the names of the enclosing fields, without `apps` and
+/// `kind`, which JSON does not have.
+fn durations_by_path(config: &Config) -> Vec<(String, f64)> {
+    let text = format!("{config:#?}");
+    // The named fields whose value is still open, by indentation.
+    let mut open: Vec<(usize, &str)> = Vec::new();
     let mut out = Vec::new();
-    for (i, _) in text.match_indices(": ") {
-        let rest = &text[i + 2..];
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        if num_len == 0 {
-            continue;
+    for line in text.lines() {
+        let body = line.trim_start();
+        let indent = line.len() - body.len();
+        while open.last().is_some_and(|(i, _)| *i >= indent) {
+            open.pop();
         }
-        let (num, after) = rest.split_at(num_len);
-        let unit = ["ns", "µs", "ms", "s"]
-            .into_iter()
-            .find(|u| after.starts_with(u) && after[u.len()..].starts_with([',', ' ', '}', ')']));
-        let scale = match unit {
-            Some("ns") => 1e-9,
-            Some("µs") => 1e-6,
-            Some("ms") => 1e-3,
-            Some("s") => 1.0,
-            _ => continue,
+        let (name, value) = match body.split_once(": ") {
+            Some((n, v)) if n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => {
+                (Some(n), v)
+            }
+            _ => (None, body),
         };
-        if let Ok(n) = num.parse::<f64>() {
-            out.push(n * scale);
+        if let Some(secs) = seconds(value.trim_end_matches(',')) {
+            let path: Vec<&str> = open
+                .iter()
+                .map(|(_, n)| *n)
+                .chain(name)
+                .filter(|n| !matches!(*n, "apps" | "kind"))
+                .collect();
+            out.push((path.join("."), secs));
+        } else if let (Some(n), true) = (name, value.ends_with(['{', '(', '['])) {
+            open.push((indent, n));
         }
     }
     out
+}
+
+/// A `Duration`'s Debug text (`1.5s`, `300ms`, `2µs`) in seconds.
+fn seconds(text: &str) -> Option<f64> {
+    let (num, scale) = [("ns", 1e-9), ("µs", 1e-6), ("ms", 1e-3), ("s", 1.0)]
+        .into_iter()
+        .find_map(|(unit, scale)| Some((text.strip_suffix(unit)?, scale)))?;
+    if num.is_empty() || !num.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        return None;
+    }
+    Some(num.parse::<f64>().ok()? * scale)
+}
+
+/// A valid app of `kind` that sets every optional section, so its `Debug` text
+/// shows every field there is.
+fn full_app(kind: &str) -> Value {
+    match kind {
+        "tcp" => json!({"name": "a", "listen": ["127.0.0.1:0"], "targets": ["127.0.0.1:1"],
+            "health_check": {"send": "ping", "expect": "pong"}, "passive": {}, "dns": {}}),
+        _ => json!({"name": "a", "kind": "spec", "listen": ["127.0.0.1:0"],
+            "cache": {"backend": "redis", "url": "redis://h:1"}}),
+    }
+}
+
+/// Every duration field as (`tcp`, `spec` or `admin`, path as in JSON), read from
+/// the `Debug` text of a [`full_app`] of each kind with an admin section. A new
+/// `Duration` field anywhere in the config shows up here by itself; a new optional
+/// section makes [`full_configs_set_every_section`] fail until `full_app` sets it.
+fn duration_fields() -> &'static [(&'static str, String)] {
+    static ALL: LazyLock<Vec<(&'static str, String)>> = LazyLock::new(|| {
+        let mut all: Vec<(&'static str, String)> = Vec::new();
+        for kind in ["tcp", "spec"] {
+            for (path, _) in durations_by_path(&full_config(kind)) {
+                let of = if path.starts_with("admin.") {
+                    "admin"
+                } else {
+                    kind
+                };
+                if !all.iter().any(|(k, p)| *k == of && *p == path) {
+                    all.push((of, path));
+                }
+            }
+        }
+        all
+    });
+    &ALL
+}
+
+/// The admin section's duration fields, without the `admin.` prefix.
+fn admin_durations() -> impl Iterator<Item = &'static str> {
+    duration_fields()
+        .iter()
+        .filter_map(|(_, p)| p.strip_prefix("admin."))
+}
+
+fn full_config(kind: &str) -> Config {
+    let text = json!({"apps": [full_app(kind)], "admin": {"listen": "127.0.0.1:0"}});
+    validator()
+        .parse(&text.to_string())
+        .unwrap_or_else(|e| panic!("{kind}: {e}"))
 }
 
 fn validator() -> Validator {
@@ -351,10 +418,103 @@ fn the_duration_scan_sees_every_duration() {
     let c = validator()
         .parse(
             r#"{"apps":[{"name":"a","listen":["127.0.0.1:0"],"targets":["x:1"],
-            "drain_timeout":"1500ms","health_check":{"interval":"2us"}}]}"#,
+            "drain_timeout":"1500ms","health_check":{"interval":"2us"}}],
+            "admin":{"keepalive_timeout":"3m"}}"#,
         )
         .unwrap();
-    let found = durations(&c);
-    assert!(found.contains(&1.5), "{found:?}");
-    assert!(found.contains(&2e-6), "{found:?}");
+    let found = durations_by_path(&c);
+    for want in [
+        ("drain_timeout", 1.5),
+        ("health_check.interval", 2e-6),
+        ("admin.keepalive_timeout", 180.0),
+    ] {
+        assert!(
+            found.iter().any(|(p, d)| p == want.0 && *d == want.1),
+            "{want:?} not in {found:?}"
+        );
+    }
+}
+
+/// The derived list is only as good as the configs it is read from: they must
+/// leave no optional section out, or that section's durations would go unchecked.
+/// And it must find what is known today, so a broken scan cannot pass for an
+/// empty list.
+#[test]
+fn full_configs_set_every_section() {
+    for kind in ["tcp", "spec"] {
+        let text = format!("{:#?}", full_config(kind));
+        assert!(
+            !text.contains("None"),
+            "full_app({kind:?}) leaves a section unset; set it so its fields are checked:\n{text}"
+        );
+    }
+    let fields = duration_fields();
+    for want in [
+        ("tcp", "drain_timeout"),
+        ("tcp", "connect_deadline"),
+        ("tcp", "health_check.timeout"),
+        ("tcp", "passive.base_ejection"),
+        ("tcp", "dns.max_ttl"),
+        ("spec", "drain_timeout"),
+        ("spec", "header_timeout"),
+        ("spec", "keepalive_timeout"),
+        ("spec", "cache.leader_ttl"),
+        ("admin", "admin.header_timeout"),
+        ("admin", "admin.keepalive_timeout"),
+    ] {
+        assert!(
+            fields.iter().any(|(k, p)| *k == want.0 && p == want.1),
+            "{want:?} not in {fields:?}"
+        );
+    }
+}
+
+/// A config with the duration field `path` of `kind` set to `value`, other fields
+/// that must stay in order with it moved out of the way.
+fn with_duration(kind: &str, path: &str, value: &str) -> String {
+    let app_kind = if kind == "admin" { "tcp" } else { kind };
+    let mut c = json!({"apps": [full_app(app_kind)], "admin": {"listen": "127.0.0.1:0"}});
+    let app = &mut c["apps"][0];
+    // dns.max_ttl must stay at least dns.min_ttl, connect_deadline at least
+    // connect_timeout.
+    match path {
+        "dns.max_ttl" => set(app, "dns.min_ttl", "1ms".into()),
+        "dns.min_ttl" => set(app, "dns.max_ttl", "365d".into()),
+        "connect_deadline" => set(app, "connect_timeout", "1ms".into()),
+        _ => {}
+    }
+    match path.strip_prefix("admin.") {
+        Some(field) => c["admin"][field] = value.into(),
+        None => set(&mut c["apps"][0], path, value.into()),
+    }
+    c.to_string()
+}
+
+/// Issue 12 finding 5: every duration field, app or admin, present or added later,
+/// is bounded, and the error names the app (or section) and field.
+#[test]
+fn every_duration_is_bounded_with_an_error_naming_app_and_field() {
+    for (kind, path) in duration_fields() {
+        // The ceiling itself is accepted.
+        let ok = with_duration(kind, path, "365d");
+        assert!(
+            validator().parse(&ok).is_ok(),
+            "{kind} {path}: {:?}",
+            validator().parse(&ok)
+        );
+        for too_long in ["10000000000000000000s", "365d 1s", "1000y"] {
+            let e = validator()
+                .parse(&with_duration(kind, path, too_long))
+                .unwrap_err()
+                .to_string();
+            let want = match *kind {
+                "admin" => format!("{path}: "),
+                _ => format!("app \"a\": {path}: "),
+            };
+            assert!(
+                e.starts_with(&want) && e.contains("longer than the most allowed, 365 days"),
+                "{kind} {path} = {too_long}: {e}"
+            );
+        }
+    }
 }

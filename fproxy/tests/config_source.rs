@@ -5,92 +5,14 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
+use common::bin::{Bin, BIN};
 use common::*;
 use fproxy::daemon::{Event, ReloadError};
 use fproxy::{ConfigSubscriber, Daemon, FileWatcher, Registry, Subscription, Update};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use nix::sys::signal::Signal;
 use tokio::net::TcpStream;
-use tokio::process::{Child, ChildStderr};
 use tokio::sync::{broadcast, mpsc, oneshot};
-
-const BIN: &str = env!("CARGO_BIN_EXE_fproxy");
-
-/// The `fproxy` binary running on a config file, with its log.
-struct Bin {
-    child: Child,
-    log: Lines<BufReader<ChildStderr>>,
-    /// Every log line read so far.
-    seen: Vec<String>,
-}
-
-impl Bin {
-    async fn start(path: &Path) -> Bin {
-        let mut child = tokio::process::Command::new(BIN)
-            .env("FPROXY_CONFIG_PATH", path)
-            .env("RUST_LOG", "info")
-            .env_remove("FPROXY_LOG_FORMAT")
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let log = BufReader::new(child.stderr.take().unwrap()).lines();
-        let mut bin = Bin {
-            child,
-            log,
-            seen: Vec::new(),
-        };
-        bin.wait_for("config applied").await;
-        bin
-    }
-
-    /// The next log line containing `what`.
-    async fn wait_for(&mut self, what: &str) -> String {
-        within(what, async {
-            while let Some(line) = self.log.next_line().await.unwrap() {
-                self.seen.push(line.clone());
-                if line.contains(what) {
-                    return line;
-                }
-            }
-            panic!(
-                "fproxy exited before logging {what:?}; log:\n{}",
-                self.seen.join("\n")
-            );
-        })
-        .await
-    }
-
-    /// The address in the last line seen so far that contains `what` and `addr=`.
-    fn addr(&self, what: &str) -> SocketAddr {
-        let line = self
-            .seen
-            .iter()
-            .rev()
-            .find(|l| l.contains(what) && l.contains("addr="))
-            .unwrap_or_else(|| panic!("no {what:?} line in\n{}", self.seen.join("\n")));
-        line.rsplit("addr=")
-            .next()
-            .and_then(|a| a.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no address in {line:?}"))
-    }
-
-    fn signal(&self, sig: Signal) {
-        kill(Pid::from_raw(self.child.id().unwrap() as i32), sig).unwrap();
-    }
-
-    /// SIGTERM; asserts the process exits 0.
-    async fn stop(mut self) {
-        self.signal(Signal::SIGTERM);
-        let status = within("exit after SIGTERM", self.child.wait())
-            .await
-            .unwrap();
-        assert!(status.success(), "{status}");
-    }
-}
 
 /// Writes `text` to a temporary file and renames it over `path`, as editors save.
 fn replace(path: &Path, text: &str) {
@@ -262,11 +184,27 @@ impl Run {
         Run { events, stop, task }
     }
 
-    /// Asserts the next event applies a new version.
+    /// Waits (within [`WAIT`]) for a new version to be applied. An edit in place
+    /// is a truncate and a write, two syscalls: when the watcher reads between them
+    /// it sees a partial file and refuses it (or the old one again), then the write
+    /// brings the new text. Those in-between events are passed over; they are kept
+    /// to show should the new version never come.
     async fn applied(&mut self, what: &str) {
-        match within(what, self.events.recv()).await.unwrap() {
-            Event::Applied(_) => {}
-            other => panic!("{what}: not applied: {other:?}"),
+        let mut between = Vec::new();
+        let events = &mut self.events;
+        let wait = async {
+            loop {
+                match events.recv().await {
+                    Ok(Event::Applied(_)) => return,
+                    Ok(other @ (Event::Refused { .. } | Event::Unchanged(_))) => {
+                        between.push(other)
+                    }
+                    Err(e) => panic!("{what}: event stream: {e}"),
+                }
+            }
+        };
+        if tokio::time::timeout(WAIT, wait).await.is_err() {
+            panic!("{what}: not applied within {WAIT:?}; events: {between:?}");
         }
     }
 

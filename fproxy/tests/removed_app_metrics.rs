@@ -79,10 +79,14 @@ async fn a_removed_app_leaves_no_series_behind() {
     assert_eq!(applied.removed.len(), 2, "{applied:?}");
     drop(g);
 
-    // Removed apps drain in the background: scrape until their series are gone.
+    // Removed apps drain in the background: scrape until their series are gone,
+    // paced (each scrape is a new admin connection) and bounded by WAIT.
     let mut left = Vec::new();
+    let mut pace = tokio::time::interval(std::time::Duration::from_millis(20));
+    pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let settled = tokio::time::timeout(WAIT, async {
         loop {
+            pace.tick().await;
             let (code, text) = p.admin_get("/metrics").await;
             assert_eq!(code, 200);
             left = ["gone-tcp", "gone-spec"]
@@ -92,7 +96,6 @@ async fn a_removed_app_leaves_no_series_behind() {
             if left.is_empty() {
                 return text;
             }
-            tokio::task::yield_now().await;
         }
     })
     .await;

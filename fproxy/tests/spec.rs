@@ -117,25 +117,11 @@ async fn concurrent_first_requests_share_one_fetch() {
     let c = client();
     let url = dcs(&p, &format!("/v1/download_config_specs/{KEY}.json"));
     let gets: Vec<_> = (0..20).map(|_| c.get(&url).send()).collect();
-    for r in futures_join(gets).await {
+    for r in join_all(gets).await {
         assert_eq!(r.unwrap().status(), 200);
     }
     assert_eq!(up.requests_for(KEY), 1);
     p.stop().await;
-}
-
-/// Runs the futures concurrently (each on its own task) and collects their outputs.
-async fn futures_join<F>(fs: Vec<F>) -> Vec<F::Output>
-where
-    F: std::future::Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    let handles: Vec<_> = fs.into_iter().map(tokio::spawn).collect();
-    let mut out = Vec::new();
-    for h in handles {
-        out.push(h.await.unwrap());
-    }
-    out
 }
 
 #[tokio::test]

@@ -176,20 +176,6 @@ async fn oversized_upstream_bodies_fail_the_fetch() {
     p.stop().await;
 }
 
-/// Waits for the futures on their own tasks; returns their outputs.
-async fn join_all<F>(fs: Vec<F>) -> Vec<F::Output>
-where
-    F: std::future::Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    let handles: Vec<_> = fs.into_iter().map(tokio::spawn).collect();
-    let mut out = Vec::new();
-    for h in handles {
-        out.push(within("request", h).await.unwrap());
-    }
-    out
-}
-
 /// The most first fetches a budget of `rate` a second (burst `rate`) allows over
 /// `elapsed`.
 fn allowed(rate: f64, elapsed: std::time::Duration) -> usize {

@@ -5,6 +5,7 @@ mod common;
 
 use std::net::SocketAddr;
 
+use common::bin::Bin;
 use common::*;
 use fproxy::{Daemon, Registry};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -131,103 +132,25 @@ async fn an_admin_port_held_by_another_process_is_refused() {
     daemon.shutdown().await;
 }
 
-/// The `fproxy` binary, running on a config file, its log read line by line.
-struct Daemonized {
-    child: tokio::process::Child,
-    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
-    /// Every line read so far.
-    seen: Vec<String>,
-    _dir: tempfile::TempDir,
-}
-
-impl Daemonized {
-    /// Starts the binary on `config`, with RLIMIT_NOFILE (soft and hard) at
-    /// `nofile` when given; returns once `config applied` is logged.
-    async fn start(config: &str, nofile: Option<u64>) -> Daemonized {
-        use tokio::io::AsyncBufReadExt;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c.json");
-        std::fs::write(&path, config).unwrap();
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_fproxy"));
-        cmd.env("FPROXY_CONFIG_PATH", &path)
-            .env("RUST_LOG", "info")
-            .env("TOKIO_WORKER_THREADS", "2")
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true);
-        if let Some(n) = nofile {
-            // SAFETY: setrlimit is async-signal-safe; the closure allocates nothing.
-            unsafe {
-                cmd.pre_exec(move || {
-                    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, n, n)
-                        .map_err(std::io::Error::from)
-                });
-            }
-        }
-        let mut child = cmd.spawn().unwrap();
-        let mut reader = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
-        // Keeps the pipe drained: a full pipe would block the daemon's logging.
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = reader.next_line().await {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut d = Daemonized {
-            child,
-            lines,
-            seen: Vec::new(),
-            _dir: dir,
-        };
-        d.wait_for("config applied").await;
-        d
-    }
-
-    /// The first line logged that contains `what`, waiting for it if need be.
-    async fn wait_for(&mut self, what: &str) -> String {
-        if let Some(line) = self.seen.iter().find(|l| l.contains(what)) {
-            return line.clone();
-        }
-        within(what, async {
-            while let Some(line) = self.lines.recv().await {
-                self.seen.push(line.clone());
-                if line.contains(what) {
-                    return line;
-                }
-            }
-            panic!(
-                "fproxy exited before logging {what:?}:\n{}",
-                self.seen.join("\n")
-            );
-        })
-        .await
-    }
-
-    /// Takes the lines logged so far without waiting.
-    fn drain(&mut self) {
-        while let Ok(line) = self.lines.try_recv() {
-            self.seen.push(line);
+/// The `fproxy` binary on `config` (in a temporary directory, returned to keep),
+/// with RLIMIT_NOFILE (soft and hard) at `nofile` when given; returns once
+/// `config applied` is logged.
+async fn start_bin(config: &str, nofile: Option<u64>) -> (Bin, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.json");
+    std::fs::write(&path, config).unwrap();
+    let mut cmd = Bin::command(&path);
+    cmd.env("TOKIO_WORKER_THREADS", "2");
+    if let Some(n) = nofile {
+        // SAFETY: setrlimit is async-signal-safe; the closure allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, n, n)
+                    .map_err(std::io::Error::from)
+            });
         }
     }
-
-    /// The address logged in a line containing `what` (`... addr=IP:PORT`).
-    fn addr_in(&self, what: &str) -> SocketAddr {
-        let line = self
-            .seen
-            .iter()
-            .find(|l| l.contains(what))
-            .unwrap_or_else(|| panic!("no {what:?} in {:?}", self.seen));
-        line.split("addr=")
-            .nth(1)
-            .and_then(|a| a.split_whitespace().next())
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no address in {line:?}"))
-    }
-
-    fn count(&self, what: &str) -> usize {
-        self.seen.iter().filter(|l| l.contains(what)).count()
-    }
+    (Bin::spawn(cmd).await, dir)
 }
 
 /// Under a low descriptor limit, a burst of clients exhausts the daemon's fds.
@@ -242,12 +165,12 @@ async fn running_out_of_fds_blames_no_target_and_recovers() {
         r#"{{"apps":[{}],"admin":{{"listen":"127.0.0.1:0"}}}}"#,
         app("fd", &["127.0.0.1:0"], &[backend], extra)
     );
-    let mut d = Daemonized::start(&json, Some(128)).await;
-    let listen = d.addr_in("listening app=");
-    let admin = d.addr_in("admin API listening");
+    let (mut d, _dir) = start_bin(&json, Some(128)).await;
+    let listen = d.addr("listening app=");
+    let admin = d.addr("admin API listening");
     // The default max_connections (10000) needs far more than 128 descriptors.
     let warning = d
-        .wait_for("cannot carry the configured max_connections")
+        .logged("cannot carry the configured max_connections")
         .await;
     assert!(warning.contains("limit=128"), "{warning}");
     assert!(warning.contains("needed=20"), "{warning}");
@@ -263,7 +186,7 @@ async fn running_out_of_fds_blames_no_target_and_recovers() {
             clients.push(c);
         }
     }
-    let line = d.wait_for("local resources exhausted").await;
+    let line = d.logged("local resources exhausted").await;
     assert!(line.contains("suppressed="), "{line}");
     drop(clients);
 
@@ -331,8 +254,8 @@ async fn refused_clients_do_not_flood_the_log() {
         &[dead_addr()],
         r#","max_connections":100"#,
     )]);
-    let mut d = Daemonized::start(&json, None).await;
-    let listen = d.addr_in("listening app=");
+    let (mut d, _dir) = start_bin(&json, None).await;
+    let listen = d.addr("listening app=");
     let started = std::time::Instant::now();
     let mut refused = 0usize;
     // Until a line reports suppressed ones (the second second of the flood), or

@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::ConfigError;
+use crate::sync::lock;
 
 /// How long a config read may take before it is refused.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -154,7 +155,7 @@ impl Reader {
         send: impl FnOnce(Result<T, ReadError>) + Send + 'static,
     ) -> Result<(), ReadError> {
         {
-            let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+            let mut busy = lock(&self.busy);
             if let Some(since) = *busy {
                 return Err(ReadError::Stuck(round(since.elapsed())));
             }
@@ -166,11 +167,11 @@ impl Reader {
             .spawn(move || {
                 let r = work();
                 // Free before answering, so a caller that hears back can read again.
-                *busy.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                *lock(&busy) = None;
                 send(r);
             });
         spawned.map(drop).map_err(|e| {
-            *self.busy.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            *lock(&self.busy) = None;
             ReadError::Thread(e)
         })
     }

@@ -160,7 +160,7 @@ impl Metrics {
 
     /// An app instance of `kind` named `app` starts writing series.
     pub fn claim_app(&self, kind: &str, app: &str) {
-        let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
+        let mut owners = crate::sync::lock(&self.owners);
         *owners.entry(format!("{kind}/{app}")).or_default() += 1;
     }
 
@@ -168,7 +168,7 @@ impl Metrics {
     /// one, so its series may be removed.
     pub fn release_app(&self, kind: &str, app: &str) -> bool {
         let key = format!("{kind}/{app}");
-        let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
+        let mut owners = crate::sync::lock(&self.owners);
         match owners.get_mut(&key) {
             Some(n) if *n > 1 => {
                 *n -= 1;

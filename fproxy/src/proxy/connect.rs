@@ -276,23 +276,15 @@ fn passive_failure(route: &Route, index: usize) {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
     use std::time::Duration;
 
     use super::*;
-    use crate::config::Validator;
-    use crate::metrics::Metrics;
-    use crate::proxy::Resolved;
-    use crate::strategy::Registry;
+    use crate::proxy::testing::{self, failing};
 
     fn route(extra: &str) -> Route {
-        let json = format!(
+        testing::route(&format!(
             r#"{{"apps":[{{"name":"a","ports":[1],"targets":["10.0.0.1:1","10.0.0.2:1","10.0.0.3:1","10.0.0.4:1"]{extra}}}]}}"#
-        );
-        let registry = Registry::default();
-        let config = Validator::new(registry.names()).parse(&json).unwrap();
-        let app = Arc::new(config.apps.into_iter().next().unwrap());
-        Route::build(app, &registry, None, &Resolved::new(), &Metrics::new())
+        ))
     }
 
     /// Ejection lengths grow with each ejection and end by the clock alone.
@@ -323,11 +315,6 @@ mod tests {
         tokio::time::advance(Duration::from_millis(1_001)).await;
         assert!(!t.is_ejected(r.now_ms()));
         assert_eq!(t.ejections(), 2);
-    }
-
-    /// A dialer that fails every attempt with `errno`.
-    fn failing(errno: Errno) -> impl Fn(SocketAddr) -> std::future::Ready<io::Result<TcpStream>> {
-        move |_| std::future::ready(Err(io::Error::from_raw_os_error(errno as i32)))
     }
 
     /// Running out of fds (or buffers, or ports) here is not the target's fault:

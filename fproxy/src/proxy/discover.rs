@@ -34,11 +34,7 @@ pub(super) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
         due.retain(|t, _| names.contains(t));
         failing.retain(|t| names.contains(t));
 
-        let mut next: Resolved = shared
-            .routing
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let mut next: Resolved = crate::sync::lock(&shared.routing).clone();
         let mut changed = false;
         let now = Instant::now();
         for name in &names {

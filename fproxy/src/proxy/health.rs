@@ -173,29 +173,17 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use nix::errno::Errno;
 
     use super::*;
-    use crate::config::Validator;
-    use crate::metrics::Metrics;
-    use crate::proxy::Resolved;
-    use crate::strategy::Registry;
-
-    fn failing(errno: Errno) -> impl Fn(SocketAddr) -> std::future::Ready<io::Result<TcpStream>> {
-        move |_| std::future::ready(Err(io::Error::from_raw_os_error(errno as i32)))
-    }
+    use crate::proxy::testing::{failing, route};
 
     /// A check that cannot open a socket here (out of fds) gives no verdict: with
     /// `fall: 1` a single blamed failure would take the target down.
     #[tokio::test(start_paused = true)]
     async fn local_errors_give_no_verdict() {
         let json = r#"{"apps":[{"name":"a","ports":[1],"targets":["10.0.0.1:1"],"health_check":{"fall":1,"rise":1}}]}"#;
-        let registry = Registry::default();
-        let config = Validator::new(registry.names()).parse(json).unwrap();
-        let app = Arc::new(config.apps.into_iter().next().unwrap());
-        let route = Route::build(app, &registry, None, &Resolved::new(), &Metrics::new());
+        let route = route(json);
         let hc = route.config.health_check.clone().unwrap();
         let slot = &route.targets[0];
         let resolver = Resolver::from_system();

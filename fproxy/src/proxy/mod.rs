@@ -9,6 +9,8 @@ mod connect;
 mod copy;
 mod discover;
 mod health;
+#[cfg(test)]
+pub(crate) mod testing;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -202,7 +204,7 @@ impl Shared {
     /// Builds a route from `config` (or the current one) and the resolved names
     /// (or the current ones), stores it, and retires what left. Returns the route.
     fn reroute(&self, config: Option<Arc<AppConfig>>, resolved: Option<Resolved>) -> Arc<Route> {
-        let mut names = self.routing.lock().unwrap_or_else(|e| e.into_inner());
+        let mut names = crate::sync::lock(&self.routing);
         if let Some(r) = resolved {
             *names = r;
         }

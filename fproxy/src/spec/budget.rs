@@ -13,6 +13,8 @@ use std::sync::Mutex;
 
 use tokio::time::Instant;
 
+use crate::sync::lock;
+
 /// Counted in nanoseconds of credit (a fetch costs `1s / per_second`), so the
 /// arithmetic is exact.
 #[derive(Debug)]
@@ -38,7 +40,7 @@ impl Budget {
 
     /// Takes one fetch from the budget; `false` when it is spent.
     pub fn take(&self) -> bool {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = lock(&self.state);
         let now = Instant::now();
         let elapsed = now.saturating_duration_since(s.1).as_nanos();
         let refill = u64::try_from(elapsed).unwrap_or(u64::MAX);

@@ -140,7 +140,7 @@ impl RedisCache {
 
     /// `None` when the last operation worked, else why it did not.
     pub fn error(&self) -> Option<String> {
-        self.error.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        crate::sync::lock(&self.error).clone()
     }
 
     /// Counts operation `op` and remembers its failure (or that it worked).
@@ -150,7 +150,7 @@ impl RedisCache {
     }
 
     fn remember<T>(&self, r: Result<T, CacheError>) -> Result<T, CacheError> {
-        let mut e = self.error.lock().unwrap_or_else(|e| e.into_inner());
+        let mut e = crate::sync::lock(&self.error);
         match &r {
             Ok(_) => *e = None,
             Err(err) => {

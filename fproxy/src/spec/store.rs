@@ -20,6 +20,7 @@ use tokio::time::Instant;
 
 use crate::metrics::spec::{KeyHandles, KeyMetrics};
 use crate::metrics::unix_now;
+use crate::sync::{lock, read, write};
 
 pub use super::key::SdkKey;
 
@@ -471,20 +472,6 @@ fn sweep(rejected: &mut lru::LruCache<Key, Instant>, ttl: Duration) {
 /// Milliseconds from `epoch` to `t`, never 0 (0 means "never").
 fn ms_since(epoch: Instant, t: Instant) -> u64 {
     t.saturating_duration_since(epoch).as_millis() as u64 + 1
-}
-
-// A poisoned lock only means another thread panicked mid-update of a plain map;
-// the map itself is still usable.
-fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    l.read().unwrap_or_else(|e| e.into_inner())
-}
-
-fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    l.write().unwrap_or_else(|e| e.into_inner())
-}
-
-fn lock<T>(l: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    l.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

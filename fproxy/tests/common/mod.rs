@@ -3,6 +3,7 @@
 //! [`WAIT`], never a sleep.
 #![allow(dead_code)]
 
+pub mod bin;
 pub mod prom;
 pub mod redis_server;
 pub mod upstream;
@@ -25,6 +26,21 @@ pub async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {
     tokio::time::timeout(WAIT, f)
         .await
         .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// Runs the futures at once, each on its own task; their outputs in order, each
+/// within [`WAIT`].
+pub async fn join_all<F>(fs: Vec<F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = fs.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(within("a joined task", h).await.unwrap());
+    }
+    out
 }
 
 /// A port nothing listens on (bound then released).
