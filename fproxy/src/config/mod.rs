@@ -1198,8 +1198,21 @@ mod tests {
     #[test]
     fn every_duration_is_bounded_with_an_error_naming_app_and_field() {
         for (kind, path) in DURATION_FIELDS {
-            // The ceiling itself is accepted (leader_ttl needs at least 300ms).
-            let ok = app_with(kind, path, "365d".into());
+            // The ceiling itself is accepted (leader_ttl needs at least 300ms;
+            // heartbeat_interval must stay below keepalive_timeout, itself at most
+            // the ceiling).
+            let ceiling = if *path == "heartbeat_interval" {
+                "364d"
+            } else {
+                "365d"
+            };
+            let mut ok = app_with(kind, path, ceiling.into());
+            if *path == "heartbeat_interval" {
+                ok = ok.replace(
+                    r#""heartbeat_interval""#,
+                    r#""keepalive_timeout":"365d","heartbeat_interval""#,
+                );
+            }
             assert!(
                 v().parse(&ok).is_ok(),
                 "{kind} {path}: {:?}",
@@ -1214,6 +1227,31 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn heartbeat_interval_must_stay_below_keepalive_timeout() {
+        let spec = |extra: &str| {
+            format!(
+                r#"{{"apps":[{{"name":"a","kind":"spec","ports":[1]{extra}}}]}}"#
+            )
+        };
+        for bad in [
+            r#","heartbeat_interval":"60s""#,
+            r#","keepalive_timeout":"10s""#,
+            r#","heartbeat_interval":"2s","keepalive_timeout":"1s""#,
+        ] {
+            let e = err(&spec(bad));
+            assert!(
+                e.starts_with("app \"a\": heartbeat_interval: ")
+                    && e.contains("not below keepalive_timeout"),
+                "{bad}: {e}"
+            );
+        }
+        assert!(v().parse(&spec(r#","heartbeat_interval":"59s""#)).is_ok());
+        assert!(v()
+            .parse(&spec(r#","heartbeat_interval":"1s","keepalive_timeout":"2s""#))
+            .is_ok());
     }
 
     #[test]

@@ -316,6 +316,17 @@ impl SpecConfig {
             raw.keepalive_timeout.take(),
             defaults::KEEPALIVE_TIMEOUT,
         )?;
+        // A gRPC stream writes nothing between updates but its heartbeats; a
+        // connection that writes nothing for keepalive_timeout is cut as stalled.
+        if heartbeat_interval >= keepalive_timeout {
+            return Err(f.err(
+                "heartbeat_interval",
+                format!(
+                    "{heartbeat_interval:?} is not below keepalive_timeout ({keepalive_timeout:?}): \
+                     a gRPC stream's connection would be closed as stalled between heartbeats"
+                ),
+            ));
+        }
         let max_connections = at_least_one(
             f,
             "max_connections",
