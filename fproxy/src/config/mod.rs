@@ -1238,7 +1238,7 @@ mod tests {
         };
         for bad in [
             r#","heartbeat_interval":"60s""#,
-            r#","keepalive_timeout":"10s""#,
+            r#","heartbeat_interval":"30s","keepalive_timeout":"10s""#,
             r#","heartbeat_interval":"2s","keepalive_timeout":"1s""#,
         ] {
             let e = err(&spec(bad));
@@ -1249,6 +1249,14 @@ mod tests {
             );
         }
         assert!(v().parse(&spec(r#","heartbeat_interval":"59s""#)).is_ok());
+        // Unset, it follows a short keepalive_timeout: half of it.
+        let c = v()
+            .parse(&spec(r#","keepalive_timeout":"10s""#))
+            .unwrap();
+        let Kind::Spec(s) = &c.apps[0].kind else {
+            panic!("not a spec app")
+        };
+        assert_eq!(s.heartbeat_interval, Duration::from_secs(5));
         assert!(v()
             .parse(&spec(r#","heartbeat_interval":"1s","keepalive_timeout":"2s""#))
             .is_ok());
