@@ -272,8 +272,14 @@ mod tests {
     #[test]
     fn an_allowed_host_with_a_port_matches_its_scheme_default() {
         let p = policy("127.0.0.1:9901", &["admin.example:443", "plain.example:80"]);
-        assert_eq!(post(&p, "admin.example:443", Some("https://admin.example")), Ok(()));
-        assert_eq!(post(&p, "plain.example", Some("http://plain.example")), Ok(()));
+        assert_eq!(
+            post(&p, "admin.example:443", Some("https://admin.example")),
+            Ok(())
+        );
+        assert_eq!(
+            post(&p, "plain.example", Some("http://plain.example")),
+            Ok(())
+        );
         assert_eq!(get(&p, Some("plain.example")), Ok(()));
         assert_eq!(get(&p, Some("plain.example:80")), Ok(()));
         // A Host without a port is plain HTTP: port 80, not 443.
@@ -290,7 +296,11 @@ mod tests {
         let e = get(&p, Some(&long)).unwrap_err();
         assert!(e.len() < 1024 && e.contains("evilaaa"), "{} bytes", e.len());
         let e = get(&p, Some(&format!("{long} x"))).unwrap_err();
-        assert!(e.len() < 1024 && e.contains("malformed"), "{} bytes", e.len());
+        assert!(
+            e.len() < 1024 && e.contains("malformed"),
+            "{} bytes",
+            e.len()
+        );
         let e = post(&p, LOCAL, Some(&format!("http://{long}"))).unwrap_err();
         assert!(e.len() < 1024 && e.contains("Origin"), "{} bytes", e.len());
     }

@@ -1232,9 +1232,7 @@ mod tests {
     #[test]
     fn heartbeat_interval_must_stay_below_keepalive_timeout() {
         let spec = |extra: &str| {
-            format!(
-                r#"{{"apps":[{{"name":"a","kind":"spec","ports":[1]{extra}}}]}}"#
-            )
+            format!(r#"{{"apps":[{{"name":"a","kind":"spec","ports":[1]{extra}}}]}}"#)
         };
         for bad in [
             r#","heartbeat_interval":"60s""#,
@@ -1250,15 +1248,15 @@ mod tests {
         }
         assert!(v().parse(&spec(r#","heartbeat_interval":"59s""#)).is_ok());
         // Unset, it follows a short keepalive_timeout: half of it.
-        let c = v()
-            .parse(&spec(r#","keepalive_timeout":"10s""#))
-            .unwrap();
+        let c = v().parse(&spec(r#","keepalive_timeout":"10s""#)).unwrap();
         let Kind::Spec(s) = &c.apps[0].kind else {
             panic!("not a spec app")
         };
         assert_eq!(s.heartbeat_interval, Duration::from_secs(5));
         assert!(v()
-            .parse(&spec(r#","heartbeat_interval":"1s","keepalive_timeout":"2s""#))
+            .parse(&spec(
+                r#","heartbeat_interval":"1s","keepalive_timeout":"2s""#
+            ))
             .is_ok());
     }
 

@@ -350,7 +350,8 @@ impl FrameScan {
             if self.have == self.header.len() {
                 self.have = 0;
                 let h = self.header;
-                self.remaining = usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
+                self.remaining =
+                    usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
                 self.response = matches!(h[3], DATA | HEADERS | CONTINUATION);
                 progress |= self.response;
             }
