@@ -604,3 +604,59 @@ pub async fn serve<S, B>(
     }
     drop(guard);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len();
+        let mut f = vec![
+            (len >> 16) as u8,
+            (len >> 8) as u8,
+            len as u8,
+            kind,
+            0,
+            0,
+            0,
+            0,
+            1,
+        ];
+        f.extend_from_slice(payload);
+        f
+    }
+
+    #[test]
+    fn only_response_frames_are_progress_however_the_writes_split() {
+        const SETTINGS: u8 = 4;
+        const PING: u8 = 6;
+        const WINDOW_UPDATE: u8 = 8;
+        let control = [
+            frame(SETTINGS, &[0; 12]),
+            frame(PING, &[7; 8]),
+            frame(WINDOW_UPDATE, &[0, 0, 1, 0]),
+        ]
+        .concat();
+        let data = frame(0, &[b'x'; 300]);
+        for split in [1, 2, 5, 9, 10, 64, 1000] {
+            let mut s = FrameScan::default();
+            // Control frames, a byte or many at a time: never progress.
+            assert!(
+                !control.chunks(split).any(|c| s.scan(c)),
+                "split {split}: control frames counted"
+            );
+            // Then a DATA frame: progress in each write once its header is whole
+            // (the header's first bytes alone are not yet known to be DATA).
+            let progress: Vec<bool> = data.chunks(split).map(|c| s.scan(c)).collect();
+            assert!(
+                progress.iter().skip(9 / split).all(|p| *p),
+                "split {split}: {progress:?}"
+            );
+            // And control frames again.
+            assert!(!s.scan(&frame(PING, &[0; 8])), "split {split}");
+        }
+        let mut s = FrameScan::default();
+        assert!(s.scan(&frame(1, b"headers")));
+        assert!(s.scan(&frame(0, b"")));
+    }
+}
