@@ -570,3 +570,24 @@ async fn a_slow_client_gets_a_large_response_whole_past_the_keepalive_timeout() 
     );
     p.stop().await;
 }
+
+#[tokio::test]
+async fn grpc_request_messages_are_capped_at_8_kib() {
+    use fproxy::spec::grpc::proto::statsig_forward_proxy_client::StatsigForwardProxyClient;
+    let (up, _seen) = Upstream::start().await;
+    let config = format!(
+        r#"{{"apps":[{{"name":"spec","kind":"spec","grpc_listen":["127.0.0.1:0"],"upstream":"{}"}}]}}"#,
+        up.url()
+    );
+    let p = Proxy::start(&config).await;
+    let mut c = StatsigForwardProxyClient::connect(format!("http://{}", p.addr("spec")))
+        .await
+        .unwrap();
+    // Not decoded at all (tonic's own default would read 4 MiB per stream).
+    let e = c
+        .get_config_spec(req(&"k".repeat(16 * 1024)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::OutOfRange, "{e:?}");
+    p.stop().await;
+}
