@@ -481,6 +481,9 @@ fn with_duration(kind: &str, path: &str, value: &str) -> String {
         "dns.max_ttl" => set(app, "dns.min_ttl", "1ms".into()),
         "dns.min_ttl" => set(app, "dns.max_ttl", "365d".into()),
         "connect_deadline" => set(app, "connect_timeout", "1ms".into()),
+        // heartbeat_interval must stay below keepalive_timeout.
+        "heartbeat_interval" => set(app, "keepalive_timeout", "365d".into()),
+        "keepalive_timeout" => set(app, "heartbeat_interval", "1ms".into()),
         _ => {}
     }
     match path.strip_prefix("admin.") {
@@ -495,8 +498,10 @@ fn with_duration(kind: &str, path: &str, value: &str) -> String {
 #[test]
 fn every_duration_is_bounded_with_an_error_naming_app_and_field() {
     for (kind, path) in duration_fields() {
-        // The ceiling itself is accepted.
-        let ok = with_duration(kind, path, "365d");
+        // The ceiling itself is accepted (heartbeat_interval: just below it, as it
+        // must stay below keepalive_timeout).
+        let ceiling = if path == "heartbeat_interval" { "364d" } else { "365d" };
+        let ok = with_duration(kind, path, ceiling);
         assert!(
             validator().parse(&ok).is_ok(),
             "{kind} {path}: {:?}",

@@ -16,6 +16,8 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use crate::config::{clip, limits::MAX_ECHO};
+
 /// An `admin.allowed_hosts` entry: a name, with a port or matching any.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Allowed {
@@ -91,10 +93,13 @@ impl HostPolicy {
         }
     }
 
-    fn allowed(&self, host: &str, port: Option<u16>) -> bool {
+    /// `port` is the one the client named, or its scheme's default (80 for a
+    /// `Host` without one: the admin API speaks plain HTTP; 443 for an `https`
+    /// origin), so `admin.example:443` matches `https://admin.example`.
+    fn allowed(&self, host: &str, port: u16) -> bool {
         self.allowed
             .iter()
-            .any(|a| a.host == host && (a.port.is_none() || a.port == port))
+            .any(|a| a.host == host && a.port.is_none_or(|p| p == port))
     }
 
     /// `port` names the admin port (absent means 80, as in a URL).
@@ -112,15 +117,17 @@ impl HostPolicy {
         local: SocketAddr,
     ) -> Result<(), String> {
         if let Some(host) = host {
+            // Echoed clipped: a client chooses its length.
+            let shown = clip(host, MAX_ECHO);
             let Some((name, port)) = split(host) else {
-                return Err(format!("malformed Host header {host:?}"));
+                return Err(format!("malformed Host header {shown:?}"));
             };
             let ok = name.parse::<IpAddr>().is_ok()
                 || (self.loopback && name == "localhost" && self.own_port(port))
-                || self.allowed(&name, port);
+                || self.allowed(&name, port.unwrap_or(80));
             if !ok {
                 return Err(format!(
-                    "Host {host:?} does not name this admin API (refused against DNS rebinding); \
+                    "Host {shown:?} does not name this admin API (refused against DNS rebinding); \
                      use its IP address, or add the name to admin.allowed_hosts"
                 ));
             }
@@ -135,8 +142,9 @@ impl HostPolicy {
             Ok(())
         } else {
             Err(format!(
-                "Origin {origin:?} is not this admin API: cross-site requests other than GET are refused; \
-                 add the origin's host to admin.allowed_hosts to allow it"
+                "Origin {:?} is not this admin API: cross-site requests other than GET are refused; \
+                 add the origin's host to admin.allowed_hosts to allow it",
+                clip(origin, MAX_ECHO)
             ))
         }
     }
@@ -161,7 +169,7 @@ impl HostPolicy {
                 || (self.loopback && ip.is_loopback() && port_or_default == self.listen.port());
         }
         (self.loopback && name == "localhost" && port_or_default == self.listen.port())
-            || self.allowed(&name, port)
+            || self.allowed(&name, port_or_default)
     }
 }
 
@@ -259,6 +267,42 @@ mod tests {
             ),
             Ok(())
         );
+    }
+
+    #[test]
+    fn an_allowed_host_with_a_port_matches_its_scheme_default() {
+        let p = policy("127.0.0.1:9901", &["admin.example:443", "plain.example:80"]);
+        assert_eq!(
+            post(&p, "admin.example:443", Some("https://admin.example")),
+            Ok(())
+        );
+        assert_eq!(
+            post(&p, "plain.example", Some("http://plain.example")),
+            Ok(())
+        );
+        assert_eq!(get(&p, Some("plain.example")), Ok(()));
+        assert_eq!(get(&p, Some("plain.example:80")), Ok(()));
+        // A Host without a port is plain HTTP: port 80, not 443.
+        assert!(get(&p, Some("admin.example")).is_err());
+        assert_eq!(get(&p, Some("admin.example:443")), Ok(()));
+        assert!(post(&p, "admin.example:443", Some("http://admin.example")).is_err());
+        assert!(post(&p, "admin.example:443", Some("https://plain.example")).is_err());
+    }
+
+    #[test]
+    fn refusals_echo_a_clipped_host_and_origin() {
+        let p = policy("127.0.0.1:9901", &[]);
+        let long = format!("evil{}.example", "a".repeat(65536));
+        let e = get(&p, Some(&long)).unwrap_err();
+        assert!(e.len() < 1024 && e.contains("evilaaa"), "{} bytes", e.len());
+        let e = get(&p, Some(&format!("{long} x"))).unwrap_err();
+        assert!(
+            e.len() < 1024 && e.contains("malformed"),
+            "{} bytes",
+            e.len()
+        );
+        let e = post(&p, LOCAL, Some(&format!("http://{long}"))).unwrap_err();
+        assert!(e.len() < 1024 && e.contains("Origin"), "{} bytes", e.len());
     }
 
     #[test]

@@ -175,7 +175,13 @@ async fn accept_loop(
                 tokio::spawn(serve(stream, ctx.clone(), guard, stop.clone()));
             }
             Err(e) => {
-                tracing::debug!(error = %e, "admin accept failed");
+                // EMFILE and the like: the operator must see it (rate-limited, the
+                // loop retries every pause).
+                static ACCEPT_FAILED: crate::loglimit::LogLimit =
+                    crate::loglimit::LogLimit::per_second();
+                if let Some(suppressed) = ACCEPT_FAILED.allow() {
+                    tracing::warn!(error = %e, suppressed, pause = ?ACCEPT_ERROR_PAUSE, "admin accept failed (out of file descriptors or buffers?); pausing");
+                }
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     _ = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => {}

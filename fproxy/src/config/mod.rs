@@ -1227,6 +1227,37 @@ mod tests {
     }
 
     #[test]
+    fn heartbeat_interval_must_stay_below_keepalive_timeout() {
+        let spec = |extra: &str| {
+            format!(r#"{{"apps":[{{"name":"a","kind":"spec","ports":[1]{extra}}}]}}"#)
+        };
+        for bad in [
+            r#","heartbeat_interval":"60s""#,
+            r#","heartbeat_interval":"30s","keepalive_timeout":"10s""#,
+            r#","heartbeat_interval":"2s","keepalive_timeout":"1s""#,
+        ] {
+            let e = err(&spec(bad));
+            assert!(
+                e.starts_with("app \"a\": heartbeat_interval: ")
+                    && e.contains("not below keepalive_timeout"),
+                "{bad}: {e}"
+            );
+        }
+        assert!(v().parse(&spec(r#","heartbeat_interval":"59s""#)).is_ok());
+        // Unset, it follows a short keepalive_timeout: half of it.
+        let c = v().parse(&spec(r#","keepalive_timeout":"10s""#)).unwrap();
+        let Kind::Spec(s) = &c.apps[0].kind else {
+            panic!("not a spec app")
+        };
+        assert_eq!(s.heartbeat_interval, Duration::from_secs(5));
+        assert!(v()
+            .parse(&spec(
+                r#","heartbeat_interval":"1s","keepalive_timeout":"2s""#
+            ))
+            .is_ok());
+    }
+
+    #[test]
     fn numbers_that_size_run_time_structures_are_bounded() {
         let huge = serde_json::json!(u64::MAX);
         let cases = [

@@ -296,11 +296,6 @@ impl SpecConfig {
             raw.max_stream_age.take(),
             defaults::MAX_STREAM_AGE,
         )?;
-        let heartbeat_interval = f.duration(
-            "heartbeat_interval",
-            raw.heartbeat_interval.take(),
-            defaults::HEARTBEAT,
-        )?;
         let rejected_key_ttl = f.duration(
             "rejected_key_ttl",
             raw.rejected_key_ttl.take(),
@@ -316,6 +311,25 @@ impl SpecConfig {
             raw.keepalive_timeout.take(),
             defaults::KEEPALIVE_TIMEOUT,
         )?;
+        // A gRPC stream writes nothing between updates but its heartbeats, and a
+        // connection that writes nothing for keepalive_timeout is cut as stalled:
+        // the default stays below it, a value set must.
+        let heartbeat_set = raw.heartbeat_interval.is_some();
+        let heartbeat_interval = f.duration(
+            "heartbeat_interval",
+            raw.heartbeat_interval.take(),
+            // Never zero: it drives a tokio interval.
+            defaults::HEARTBEAT.min((keepalive_timeout / 2).max(Duration::from_millis(1))),
+        )?;
+        if heartbeat_set && heartbeat_interval >= keepalive_timeout {
+            return Err(f.err(
+                "heartbeat_interval",
+                format!(
+                    "{heartbeat_interval:?} is not below keepalive_timeout ({keepalive_timeout:?}): \
+                     a gRPC stream's connection would be closed as stalled between heartbeats"
+                ),
+            ));
+        }
         let max_connections = at_least_one(
             f,
             "max_connections",

@@ -20,7 +20,8 @@ pub struct ServerLabels {
 pub struct TimeoutLabels {
     pub kind: &'static str,
     pub app: String,
-    /// `header` (no complete request head in time) or `idle` (no request in time).
+    /// `header` (no complete request head in time), `idle` (no request in time) or
+    /// `stall` (requests in flight, but no response bytes written in time).
     pub reason: &'static str,
 }
 
@@ -38,6 +39,7 @@ pub struct ServerHandles {
     pub refused: Counter,
     pub header_timeouts: Counter,
     pub idle_timeouts: Counter,
+    pub stall_timeouts: Counter,
 }
 
 impl ServerMetrics {
@@ -56,7 +58,7 @@ impl ServerMetrics {
         );
         r.register(
             "connection_timeouts",
-            "Connections closed by a timeout, by reason (header, idle)",
+            "Connections closed by a timeout, by reason (header, idle, stall)",
             m.timeouts.clone(),
         );
         m
@@ -89,6 +91,9 @@ impl ServerMetrics {
             idle_timeouts: self
                 .timeouts
                 .get_or_create_owned(&Self::timeout(kind, app, "idle")),
+            stall_timeouts: self
+                .timeouts
+                .get_or_create_owned(&Self::timeout(kind, app, "stall")),
         }
     }
 
@@ -97,7 +102,7 @@ impl ServerMetrics {
         let l = Self::labels(kind, app);
         self.open.remove(&l);
         self.refused.remove(&l);
-        for reason in ["header", "idle"] {
+        for reason in ["header", "idle", "stall"] {
             self.timeouts.remove(&Self::timeout(kind, app, reason));
         }
     }

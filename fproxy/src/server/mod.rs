@@ -8,9 +8,20 @@
 //! - a header timeout: a connection must send a complete request head within
 //!   `header_timeout` of connecting (or, on HTTP/1.1 keep-alive, of the first byte of
 //!   its next request); silent sockets and slowloris clients are closed;
-//! - an idle timeout: a connection with no request in flight for
-//!   `keepalive_timeout` is shut down gracefully (HTTP/2: GOAWAY), whatever the
-//!   protocol. A request in flight (a gRPC stream included) is never idle;
+//! - an idle timeout: a connection with no request in flight and no response
+//!   bytes written for `keepalive_timeout` is shut down gracefully (HTTP/2:
+//!   GOAWAY), whatever the protocol. A response still being written (a slow client
+//!   downloading a large spec) keeps its connection;
+//! - a progress timeout: a connection with requests in flight but no response bytes
+//!   written for `keepalive_timeout` is shut down the same way (a request body that
+//!   never ends, an HTTP/2 client that never opens its flow-control window). What
+//!   counts as progress is response bytes reaching the socket: on HTTP/1.1 any
+//!   write, on HTTP/2 a HEADERS, CONTINUATION or DATA frame (not PINGs, SETTINGS or
+//!   WINDOW_UPDATEs, which a client can keep going forever). A request starting
+//!   counts too. gRPC streams stay alive by their heartbeats, so the spec config
+//!   requires `heartbeat_interval` below `keepalive_timeout`;
+//! - after a timeout asked a connection to close, it is cut [`SHUTDOWN_GRACE`]
+//!   later unless response bytes still move;
 //! - HTTP/2 keepalive pings to find dead peers, a concurrent stream limit, and a
 //!   header size limit on both protocols.
 //!
@@ -50,8 +61,9 @@ pub const H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
 /// A PING unanswered for this long closes the connection.
 pub const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Concurrent HTTP/2 streams per connection (gRPC streams are further capped per
-/// app by `max_streams`).
-pub const H2_MAX_STREAMS: u32 = 200;
+/// app by `max_streams`). SDKs use one or a few; this bounds what one connection
+/// can hold in flight.
+pub const H2_MAX_STREAMS: u32 = 100;
 /// Request head size: HTTP/1.1 read buffer and HTTP/2 header list.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// Headers per HTTP/1.1 request.
@@ -76,7 +88,8 @@ pub struct Timeouts {
     /// From connecting (or from the first byte of a later HTTP/1.1 request) to a
     /// complete request head.
     pub header: Duration,
-    /// With no request in flight, how long a connection is kept.
+    /// How long a connection is kept with no request in flight and no response
+    /// bytes written, or with requests in flight but no response bytes written.
     pub keepalive: Duration,
 }
 
@@ -177,6 +190,8 @@ fn builder() -> auto::Builder<TokioExecutor> {
 enum Reason {
     Header,
     Idle,
+    /// Requests in flight, but no response bytes written.
+    Stall,
 }
 
 const NONE: u64 = u64::MAX;
@@ -191,6 +206,8 @@ struct Activity {
     in_flight: AtomicUsize,
     /// When the last request in flight ended.
     idle_since: AtomicU64,
+    /// When response bytes were last written or a request last began.
+    progress: AtomicU64,
     /// When the request head being read began ([`NONE`] when not reading one).
     head_since: AtomicU64,
     /// Wakes the connection's loop when its deadline changed: a request began or
@@ -205,6 +222,7 @@ impl Activity {
             timeouts,
             in_flight: AtomicUsize::new(0),
             idle_since: AtomicU64::new(0),
+            progress: AtomicU64::new(0),
             // The first request head is timed from the accept.
             head_since: AtomicU64::new(0),
             wake: Notify::new(),
@@ -240,25 +258,35 @@ impl Activity {
         self.wake.notify_one();
     }
 
+    /// Response bytes reached the socket. Only moves deadlines later, so the loop
+    /// need not wake: it checks again when its sleep ends.
+    fn progressed(&self) {
+        self.progress.store(self.now(), Ordering::Release);
+    }
+
     /// A request head was read whole.
     fn start(self: &Arc<Self>) -> InFlight {
+        self.progressed();
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.head_since.store(NONE, Ordering::Release);
         self.wake.notify_one();
         InFlight(self.clone())
     }
 
-    /// When the connection must close and why; `None` while a request is in flight.
-    fn deadline(&self) -> Option<(Instant, Reason)> {
+    /// When the connection must close and why.
+    fn deadline(&self) -> (Instant, Reason) {
+        let progress = self.progress.load(Ordering::Acquire);
         if self.in_flight.load(Ordering::Acquire) > 0 {
-            return None;
+            return (self.at(progress) + self.timeouts.keepalive, Reason::Stall);
         }
         let head = self.head_since.load(Ordering::Acquire);
         if head != NONE {
-            return Some((self.at(head) + self.timeouts.header, Reason::Header));
+            return (self.at(head) + self.timeouts.header, Reason::Header);
         }
-        let idle = self.idle_since.load(Ordering::Acquire);
-        Some((self.at(idle) + self.timeouts.keepalive, Reason::Idle))
+        // A response still being written (HTTP/1.1 drops a whole body as soon as it
+        // is queued) keeps the connection.
+        let idle = self.idle_since.load(Ordering::Acquire).max(progress);
+        (self.at(idle) + self.timeouts.keepalive, Reason::Idle)
     }
 }
 
@@ -287,11 +315,58 @@ enum Proto {
     Http2,
 }
 
-/// The TCP stream, reporting reads to the connection's [`Activity`].
+/// Finds, in the bytes an HTTP/2 server writes (a sequence of frames), those that
+/// carry a response: HEADERS, DATA, CONTINUATION.
+#[derive(Debug, Default)]
+struct FrameScan {
+    header: [u8; 9],
+    /// Bytes of `header` seen so far.
+    have: usize,
+    /// Payload bytes of the current frame still to come.
+    remaining: usize,
+    /// Whether the current frame carries a response.
+    response: bool,
+}
+
+impl FrameScan {
+    /// Scans written bytes; whether any belong to a response frame.
+    fn scan(&mut self, mut bytes: &[u8]) -> bool {
+        const DATA: u8 = 0;
+        const HEADERS: u8 = 1;
+        const CONTINUATION: u8 = 9;
+        let mut progress = false;
+        while !bytes.is_empty() {
+            if self.remaining > 0 {
+                let n = self.remaining.min(bytes.len());
+                self.remaining -= n;
+                bytes = &bytes[n..];
+                progress |= self.response;
+                continue;
+            }
+            let n = (self.header.len() - self.have).min(bytes.len());
+            self.header[self.have..self.have + n].copy_from_slice(&bytes[..n]);
+            self.have += n;
+            bytes = &bytes[n..];
+            if self.have == self.header.len() {
+                self.have = 0;
+                let h = self.header;
+                self.remaining =
+                    usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
+                self.response = matches!(h[3], DATA | HEADERS | CONTINUATION);
+                progress |= self.response;
+            }
+        }
+        progress
+    }
+}
+
+/// The TCP stream, reporting reads and response writes to the connection's
+/// [`Activity`].
 struct Tracked {
     inner: TcpStream,
     activity: Arc<Activity>,
     proto: Proto,
+    frames: FrameScan,
 }
 
 impl Tracked {
@@ -316,6 +391,18 @@ impl Tracked {
         }
         if self.proto == Proto::Http1 {
             self.activity.bytes_read();
+        }
+    }
+
+    /// `bytes` were written to the socket.
+    fn wrote(&mut self, bytes: &[u8]) {
+        let progress = match self.proto {
+            Proto::Http2 => self.frames.scan(bytes),
+            // HTTP/1.1 writes nothing but responses.
+            Proto::Http1 | Proto::Unknown(_) => true,
+        };
+        if progress {
+            self.activity.progressed();
         }
     }
 }
@@ -344,7 +431,12 @@ impl AsyncWrite for Tracked {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            this.wrote(&buf[..n.min(buf.len())]);
+        }
+        r
     }
 
     fn poll_write_vectored(
@@ -352,7 +444,19 @@ impl AsyncWrite for Tracked {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(mut n)) = r {
+            for b in bufs {
+                if n == 0 {
+                    break;
+                }
+                let part = n.min(b.len());
+                this.wrote(&b[..part]);
+                n -= part;
+            }
+        }
+        r
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -450,6 +554,7 @@ pub async fn serve<S, B>(
         inner: stream,
         activity: activity.clone(),
         proto: Proto::Unknown(0),
+        frames: FrameScan::default(),
     });
     let service = TrackedService {
         inner: service,
@@ -464,11 +569,7 @@ pub async fn serve<S, B>(
     let mut grace_until: Option<Instant> = None;
     let mut draining = false;
     loop {
-        let (at, reason) = match activity.deadline() {
-            Some((at, reason)) => (at, Some(reason)),
-            // A request is in flight: its end wakes the loop.
-            None => (Instant::now() + timeouts.keepalive, None),
-        };
+        let (at, _) = activity.deadline();
         let at = grace_until.map_or(at, |g| at.max(g));
         tokio::select! {
             _ = conn.as_mut() => break,
@@ -480,19 +581,21 @@ pub async fn serve<S, B>(
                 grace_until.get_or_insert(Instant::now() + SHUTDOWN_GRACE);
             }
             _ = tokio::time::sleep_until(at) => {
-                let Some(reason) = reason else { continue };
-                // Still due? (A request may have come and gone meanwhile.)
-                if activity.deadline().is_none_or(|(d, _)| d > Instant::now()) {
+                // Still due? (A request may have come and gone, or bytes moved.)
+                let (due, reason) = activity.deadline();
+                if due > Instant::now() {
                     continue;
                 }
                 if grace_until.is_some() {
-                    // Asked to close and still open past the grace (an HTTP/1.1
-                    // request head still trickling in, say): cut it.
+                    // Asked to close, past the grace, and nothing moved for a whole
+                    // timeout (an HTTP/1.1 request head still trickling in, a stream
+                    // the client never reads): cut it.
                     break;
                 }
                 match reason {
                     Reason::Header => metrics.header_timeouts.inc(),
                     Reason::Idle => metrics.idle_timeouts.inc(),
+                    Reason::Stall => metrics.stall_timeouts.inc(),
                 };
                 conn.as_mut().graceful_shutdown();
                 grace_until = Some(Instant::now() + SHUTDOWN_GRACE);
@@ -500,4 +603,60 @@ pub async fn serve<S, B>(
         }
     }
     drop(guard);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len();
+        let mut f = vec![
+            (len >> 16) as u8,
+            (len >> 8) as u8,
+            len as u8,
+            kind,
+            0,
+            0,
+            0,
+            0,
+            1,
+        ];
+        f.extend_from_slice(payload);
+        f
+    }
+
+    #[test]
+    fn only_response_frames_are_progress_however_the_writes_split() {
+        const SETTINGS: u8 = 4;
+        const PING: u8 = 6;
+        const WINDOW_UPDATE: u8 = 8;
+        let control = [
+            frame(SETTINGS, &[0; 12]),
+            frame(PING, &[7; 8]),
+            frame(WINDOW_UPDATE, &[0, 0, 1, 0]),
+        ]
+        .concat();
+        let data = frame(0, &[b'x'; 300]);
+        for split in [1, 2, 5, 9, 10, 64, 1000] {
+            let mut s = FrameScan::default();
+            // Control frames, a byte or many at a time: never progress.
+            assert!(
+                !control.chunks(split).any(|c| s.scan(c)),
+                "split {split}: control frames counted"
+            );
+            // Then a DATA frame: progress in each write once its header is whole
+            // (the header's first bytes alone are not yet known to be DATA).
+            let progress: Vec<bool> = data.chunks(split).map(|c| s.scan(c)).collect();
+            assert!(
+                progress.iter().skip(9 / split).all(|p| *p),
+                "split {split}: {progress:?}"
+            );
+            // And control frames again.
+            assert!(!s.scan(&frame(PING, &[0; 8])), "split {split}");
+        }
+        let mut s = FrameScan::default();
+        assert!(s.scan(&frame(1, b"headers")));
+        assert!(s.scan(&frame(0, b"")));
+    }
 }

@@ -34,11 +34,17 @@ use proto::{config_spec_request::ApiVersion, ConfigSpecRequest, ConfigSpecRespon
 
 const HEARTBEAT: &[u8] = br#"{"has_updates":false}"#;
 
+/// Largest request message decoded (tonic's default is 4 MiB). A request is a key
+/// and a few numbers; up to 100 streams per connection each hold at most this.
+const MAX_REQUEST: usize = 8 * 1024;
+
 /// The routes served on gRPC listeners: the proxy service and `grpc.health.v1`.
 pub(crate) fn routes(shared: Arc<Shared>) -> tonic::service::Routes {
     let (_reporter, health) = tonic_health::server::health_reporter();
-    tonic::service::Routes::new(StatsigForwardProxyServer::new(Service { shared }))
-        .add_service(health)
+    tonic::service::Routes::new(
+        StatsigForwardProxyServer::new(Service { shared }).max_decoding_message_size(MAX_REQUEST),
+    )
+    .add_service(health)
 }
 
 struct Service {

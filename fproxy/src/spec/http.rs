@@ -23,12 +23,15 @@ use super::key::{KeyError, SdkKey};
 use super::route::Route;
 use super::store::{Api, Key, Spec};
 use super::{Missing, Shared};
+use crate::config::Kind;
 use crate::loglimit::LogLimit;
 
 pub type Body = Full<Bytes>;
 
-/// Largest POST body read (SDKs send `{"sinceTime": n}`).
-const MAX_BODY: usize = 64 * 1024;
+/// Largest POST body read. SDKs send `{"sinceTime": n}`, some with a small
+/// `statsigMetadata` object (SDK type, version, session id); a larger body is
+/// ignored, as a malformed one is.
+const MAX_BODY: usize = 8 * 1024;
 
 pub async fn handle(
     shared: Arc<Shared>,
@@ -77,11 +80,29 @@ async fn dcs(
     let gzip = accepts_gzip(req.headers());
     let mut since = query_since(req.uri().query());
     if req.method() == Method::POST {
-        let body = Limited::new(req.into_body(), MAX_BODY).collect().await;
-        if let Ok(body) = body {
-            let bytes = body.to_bytes();
-            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) {
-                since = since.or_else(|| v.get("sinceTime").and_then(serde_json::Value::as_u64));
+        // The body is part of the request: it must arrive within the header timeout,
+        // or a client announcing a body it never sends would hold the request (and
+        // its connection) forever.
+        let limit = match &shared.app.load().kind {
+            Kind::Spec(spec) => spec.header_timeout,
+            Kind::Tcp(_) => crate::config::spec::defaults::HEADER_TIMEOUT,
+        };
+        let read = Limited::new(req.into_body(), MAX_BODY).collect();
+        match tokio::time::timeout(limit, read).await {
+            Ok(Ok(body)) => {
+                let bytes = body.to_bytes();
+                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+                    since =
+                        since.or_else(|| v.get("sinceTime").and_then(serde_json::Value::as_u64));
+                }
+            }
+            // Too large or broken: answered as if there were none.
+            Ok(Err(_)) => {}
+            Err(_) => {
+                return text(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "Request Timeout: the request body did not arrive within header_timeout",
+                )
             }
         }
     }
