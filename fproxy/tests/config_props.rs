@@ -500,7 +500,11 @@ fn every_duration_is_bounded_with_an_error_naming_app_and_field() {
     for (kind, path) in duration_fields() {
         // The ceiling itself is accepted (heartbeat_interval: just below it, as it
         // must stay below keepalive_timeout).
-        let ceiling = if path == "heartbeat_interval" { "364d" } else { "365d" };
+        let ceiling = if path == "heartbeat_interval" {
+            "364d"
+        } else {
+            "365d"
+        };
         let ok = with_duration(kind, path, ceiling);
         assert!(
             validator().parse(&ok).is_ok(),

@@ -22,9 +22,12 @@ pub mod defaults {
     pub const REJECTED_KEY_TTL: Duration = Duration::from_secs(60);
     pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
     pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
-    /// Per app, HTTP and gRPC together: with the admin API's 64 this stays well
-    /// under a default 1024 file descriptor soft limit.
-    pub const MAX_CONNECTIONS: usize = 512;
+    /// Per app, HTTP and gRPC together. Each SDK instance holds a connection (a
+    /// stream, or keep-alive polls), so this matches `MAX_STREAMS`: a fleet of
+    /// 10,000 SDKs fits. fproxy raises the soft fd limit to the hard one at start
+    /// (524288 under systemd, 1048576 under Docker by default) and warns when the
+    /// limit cannot carry what the config allows.
+    pub const MAX_CONNECTIONS: usize = 10_000;
     pub const MAX_REJECTED_KEYS: usize = 10_000;
     pub const NEW_KEY_FETCHES_PER_SECOND: u32 = 20;
     /// 50 MiB: far above any real spec, far below what hurts.
