@@ -211,8 +211,11 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     let path = config_path(cli.config.clone())?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
-        // Before the first load: until a handler is installed SIGHUP kills the process.
+        // Before the first load: until their handlers are installed, SIGHUP and
+        // SIGTERM kill the process (no reload, no drain), and a supervisor may send
+        // either as soon as it sees the first log line.
         let hangup = hangup_signal();
+        let shutdown = shutdown_signal();
         let daemon = Daemon::new(Registry::default());
         let reloader = daemon.reloader();
         let subscription = FileWatcher::new(&path)
@@ -222,29 +225,31 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         if let Some(hangup) = hangup {
             tokio::spawn(reload_on_hangup(hangup, reloader));
         }
-        daemon.run(subscription, shutdown_signal()).await?;
+        daemon.run(subscription, shutdown).await?;
         tracing::info!("fproxy stopped");
         Ok(())
     })
 }
 
-/// Completes on SIGTERM or SIGINT.
-async fn shutdown_signal() {
+/// Installs the SIGTERM and SIGINT handlers now; the future completes on either.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
     let term = signal(SignalKind::terminate());
     let int = signal(SignalKind::interrupt());
-    match (term, int) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM received"),
-                _ = int.recv() => tracing::info!("SIGINT received"),
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                    _ = int.recv() => tracing::info!("SIGINT received"),
+                }
             }
-        }
-        _ => {
-            // Without signal handlers the process still dies on SIGTERM, just
-            // without draining; say so rather than fail to start.
-            tracing::warn!("cannot install signal handlers; shutdown will not drain");
-            std::future::pending::<()>().await
+            _ => {
+                // Without signal handlers the process still dies on SIGTERM, just
+                // without draining; say so rather than fail to start.
+                tracing::warn!("cannot install signal handlers; shutdown will not drain");
+                std::future::pending::<()>().await
+            }
         }
     }
 }
