@@ -301,7 +301,8 @@ async fn leadership_redis_operations_and_propagation_are_measured() {
     let ops = "fproxy_spec_redis_operations_total";
     let ok = |op| [app, ("op", op), ("result", "ok")];
     for m in [&ma, &mb] {
-        assert_eq!(value(m, ops, &ok("connect")), 1.0);
+        // At least: under load the connection manager may reconnect once more.
+        metric_at_least(m, ops, &ok("connect"), 1.0).await;
         metric_at_least(m, ops, &ok("lead"), 1.0).await;
         metric_at_least(m, ops, &ok("subscribe"), 1.0).await;
     }
