@@ -198,11 +198,6 @@ impl Listeners {
         self.map.values().map(Listener::local_addr).collect()
     }
 
-    /// Whether `configured` (an address as written in config) is one of these.
-    pub fn contains(&self, configured: &SocketAddr) -> bool {
-        self.map.contains_key(configured)
-    }
-
     /// Retires every listener (see [`Listener::retire`]).
     pub async fn retire_all(&mut self) {
         for (_, l) in std::mem::take(&mut self.map) {

@@ -101,11 +101,6 @@ impl Subscription {
         &self.description
     }
 
-    /// Whether the source can be re-read on demand.
-    pub fn can_refresh(&self) -> bool {
-        self.refresh.is_some()
-    }
-
     /// Asks the source to re-read now; its answer arrives through [`Subscription::recv`].
     /// Requests made while one is pending are merged into it.
     pub fn refresh(&self) -> Result<(), RefreshError> {
