@@ -23,7 +23,6 @@ use super::key::{KeyError, SdkKey};
 use super::route::Route;
 use super::store::{Api, Key, Spec};
 use super::{Missing, Shared};
-use crate::config::Kind;
 use crate::loglimit::LogLimit;
 
 pub type Body = Full<Bytes>;
@@ -83,10 +82,7 @@ async fn dcs(
         // The body is part of the request: it must arrive within the header timeout,
         // or a client announcing a body it never sends would hold the request (and
         // its connection) forever.
-        let limit = match &shared.app.load().kind {
-            Kind::Spec(spec) => spec.header_timeout,
-            Kind::Tcp(_) => crate::config::spec::defaults::HEADER_TIMEOUT,
-        };
+        let limit = shared.settings.load().spec.header_timeout;
         let read = Limited::new(req.into_body(), MAX_BODY).collect();
         match tokio::time::timeout(limit, read).await {
             Ok(Ok(body)) => {

@@ -41,6 +41,10 @@ use upstream::Upstream;
 
 /// Settings of one config version, swapped whole on reload.
 pub(crate) struct Settings {
+    /// The whole app config these settings come from: kept in the same snapshot
+    /// so a reader never sees the config of one version with the settings of
+    /// another.
+    pub app: Arc<AppConfig>,
     pub spec: SpecConfig,
     /// The client, or why it could not be built (every fetch then fails with it).
     pub upstream: Result<Upstream, String>,
@@ -59,10 +63,11 @@ impl Settings {
     /// Reuses `previous`'s client and limit where the config left them unchanged.
     /// `redis_metrics` gives a new Redis cache its handles.
     fn new(
-        spec: SpecConfig,
+        app: Arc<AppConfig>,
         previous: Option<&Settings>,
         redis_metrics: impl FnOnce() -> RedisHandles,
     ) -> Settings {
+        let spec = spec_config(&app);
         let upstream = match previous {
             Some(p)
                 if p.spec.upstream == spec.upstream
@@ -99,6 +104,7 @@ impl Settings {
         };
         let warm = warm_keys(&spec).collect();
         Settings {
+            app,
             warm,
             spec,
             upstream,
@@ -128,7 +134,7 @@ fn warm_keys(spec: &SpecConfig) -> impl Iterator<Item = Key> + '_ {
 
 /// State shared by the app's listeners, connections and poller.
 pub(crate) struct Shared {
-    app: ArcSwap<AppConfig>,
+    /// The app's config and what was built from it, swapped as one.
     pub settings: ArcSwap<Settings>,
     pub store: Store,
     pub metrics: Arc<Metrics>,
@@ -149,7 +155,7 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub fn name(&self) -> String {
-        self.app.load().name.clone()
+        self.settings.load().app.name.clone()
     }
 }
 
@@ -170,12 +176,11 @@ pub struct SpecApp {
 
 impl SpecApp {
     pub fn start(app: Arc<AppConfig>, bound: BoundSet, metrics: Arc<Metrics>) -> SpecApp {
-        let settings = Settings::new(spec_config(&app), None, || metrics.spec.redis(&app.name));
+        let settings = Settings::new(app.clone(), None, || metrics.spec.redis(&app.name));
         metrics.claim_app("spec", &app.name);
         let stats = metrics.spec.app(&app.name);
         let conns = ConnCap::new(metrics.server.handles("spec", &app.name));
         let shared = Arc::new(Shared {
-            app: ArcSwap::new(app),
             settings: ArcSwap::from_pointee(settings),
             store: Store::new(Some(stats.keys.clone())),
             metrics,
@@ -240,7 +245,7 @@ impl Drop for SpecApp {
 
 impl App for SpecApp {
     fn config(&self) -> Arc<AppConfig> {
-        self.shared.app.load_full()
+        self.shared.settings.load().app.clone()
     }
 
     fn local_addrs(&self) -> Vec<SocketAddr> {
@@ -276,14 +281,13 @@ impl App for SpecApp {
     fn update(&mut self, config: Arc<AppConfig>, added: BoundSet) -> Vec<Listener> {
         let old = self.shared.settings.load_full();
         let metrics = &self.shared.metrics;
-        let settings = Settings::new(spec_config(&config), Some(&old), || {
+        let settings = Settings::new(config.clone(), Some(&old), || {
             metrics.spec.redis(&config.name)
         });
         self.shared.settings.store(Arc::new(settings));
         start_cache(&self.shared, Some(&old));
         self.shared.reconfigured.notify_one();
         let addresses = config.addresses();
-        self.shared.app.store(config);
         self.warm();
         self.start_listeners(added);
         self.listeners.remove_except(&addresses)
@@ -303,7 +307,7 @@ impl App for SpecApp {
             let shared = &self.shared;
             // Keep-alive connections finish their request in flight, then close.
             shared.closing.cancel();
-            let drain = shared.app.load().drain_timeout;
+            let drain = shared.settings.load().app.drain_timeout;
             crate::app::drain(
                 &shared.name(),
                 &shared.connections,
@@ -361,8 +365,8 @@ struct SpecHandler {
 
 impl Handler for SpecHandler {
     fn handle(&self, stream: TcpStream, _peer: SocketAddr) {
-        let app = self.shared.app.load();
-        let Kind::Spec(spec) = &app.kind else { return };
+        let settings = self.shared.settings.load();
+        let (app, spec) = (&settings.app, &settings.spec);
         let is_grpc = spec.grpc_listen.contains(&self.addr);
         // Over the cap the connection is dropped (closed) here, at once.
         let Some(guard) = self
