@@ -51,10 +51,6 @@ impl Upstream {
         })
     }
 
-    pub fn base(&self) -> &str {
-        &self.base
-    }
-
     /// `GET {base}/{v}/download_config_specs/{key}.json[?sinceTime=lcut]`, reading
     /// at most `max_size` bytes of body.
     pub async fn fetch(
