@@ -30,7 +30,7 @@ use tokio::task::JoinSet;
 use crate::admin::status::{Reload, Status};
 use crate::admin::{AdminServer, ReloadAnswer, Request, StagedAdmin};
 use crate::app::App;
-use crate::config::{AdminConfig, AppConfig, Config, Kind, Validator};
+use crate::config::{AdminConfig, AppConfig, Config, ConfigError, Kind, Validator};
 use crate::dns::Resolver;
 use crate::listener::{Bound, BoundSet};
 use crate::metrics::{unix_now, AppLabels, Metrics, ResultLabels, RolloutLabels};
@@ -42,21 +42,22 @@ use crate::watch::{Subscription, Update};
 /// Admin requests waiting for the daemon loop; more wait on the sender's side.
 const ADMIN_QUEUE: usize = 64;
 
-/// Why a valid config could not be rolled out. The running config stays.
-#[derive(Debug, thiserror::Error)]
+/// Why a valid config could not be rolled out. The running config stays. `Clone`
+/// (the OS error is shared) so that [`Event::Refused`] can carry it.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ApplyError {
     #[error("app {app:?}: cannot listen on {addr}: {source}")]
     Bind {
         app: String,
         addr: SocketAddr,
         #[source]
-        source: std::io::Error,
+        source: Arc<std::io::Error>,
     },
     #[error("admin API: cannot listen on {addr}: {source}")]
     AdminBind {
         addr: SocketAddr,
         #[source]
-        source: std::io::Error,
+        source: Arc<std::io::Error>,
     },
 }
 
@@ -68,7 +69,19 @@ pub enum Event {
     /// A config identical to the running one arrived; nothing was rolled out.
     Unchanged(Applied),
     /// A config was refused (invalid, or it could not be rolled out).
-    Refused { error: String },
+    Refused { error: Refusal },
+}
+
+/// Why a config was refused. The running config stays. Displays as the error it
+/// carries.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Refusal {
+    /// The config is invalid, or its source could not be read.
+    #[error(transparent)]
+    Invalid(#[from] ConfigError),
+    /// The config is valid but could not be rolled out (an address was taken).
+    #[error(transparent)]
+    NotApplied(ApplyError),
 }
 
 /// The result of one rollout.
@@ -252,7 +265,7 @@ impl Daemon {
                 Ok(applied)
             }
             Err(e) => {
-                self.refuse(e.to_string());
+                self.refuse(Refusal::NotApplied(e.clone()));
                 Err(e)
             }
         }
@@ -288,7 +301,7 @@ impl Daemon {
             Some(a) if running_admin != Some(a.listen) => Some(
                 StagedAdmin::bind(a.listen).map_err(|source| ApplyError::AdminBind {
                     addr: a.listen,
-                    source,
+                    source: Arc::new(source),
                 })?,
             ),
             _ => None,
@@ -318,7 +331,7 @@ impl Daemon {
                 let b = bind(addr).map_err(|source| ApplyError::Bind {
                     app: app.name.clone(),
                     addr,
-                    source,
+                    source: Arc::new(source),
                 })?;
                 let restarts = self
                     .metrics
@@ -420,13 +433,13 @@ impl Daemon {
     }
 
     /// Records a refused config: logged, counted, kept for `/status`, sent as an event.
-    fn refuse(&mut self, error: String) {
+    fn refuse(&mut self, error: Refusal) {
         if self.version == 0 {
             tracing::error!(%error, "config refused; nothing is running");
         } else {
             tracing::error!(%error, version = self.version, "config refused; the running config stays");
         }
-        self.record("refused", &Applied::default(), Some(error.clone()));
+        self.record("refused", &Applied::default(), Some(error.to_string()));
         let _ = self.events.send(Event::Refused { error });
     }
 
@@ -558,7 +571,7 @@ impl Daemon {
                 Err(_) => Ok(()),
             },
             Update::Rejected(e) => {
-                self.refuse(e.to_string());
+                self.refuse(e.into());
                 Ok(())
             }
         }

@@ -15,6 +15,7 @@ pub mod app;
 pub mod config;
 pub mod daemon;
 pub mod dns;
+pub mod error;
 pub mod fdlimit;
 pub mod listener;
 pub mod loglimit;

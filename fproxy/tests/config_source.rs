@@ -316,7 +316,7 @@ async fn an_oversize_config_is_refused_by_name() {
     std::fs::rename(&tmp, &p.path).unwrap();
     match within("refusal", p.events.recv()).await.unwrap() {
         Event::Refused { error } => assert_eq!(
-            error,
+            error.to_string(),
             format!(
                 "cannot read {}: is larger than the 16 MiB limit",
                 p.path.display()
@@ -352,7 +352,7 @@ async fn a_directory_config_is_refused_by_name() {
     std::fs::remove_file(&p.path).unwrap();
     std::fs::rename(&tmp, &p.path).unwrap();
     let body = match within("refusal", p.events.recv()).await.unwrap() {
-        Event::Refused { error } => error,
+        Event::Refused { error } => error.to_string(),
         other => panic!("not refused: {other:?}"),
     };
     assert!(

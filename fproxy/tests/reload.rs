@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use common::*;
-use fproxy::daemon::Event;
+use fproxy::daemon::{ApplyError, Event, Refusal};
+use fproxy::ConfigError;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
@@ -94,7 +95,7 @@ async fn broken_json_keeps_the_old_config_serving() {
     let addr = p.addr("g");
 
     match p.reload("{\"apps\": [ {\"name\": \"g\",").await {
-        Event::Refused { error } => assert!(error.contains("line 1"), "{error}"),
+        Event::Refused { error } => assert!(error.to_string().contains("line 1"), "{error}"),
         other => panic!("broken JSON was not refused: {other:?}"),
     }
     ping(addr, b"still serving").await.unwrap();
@@ -102,7 +103,7 @@ async fn broken_json_keeps_the_old_config_serving() {
     let bad_target =
         config(&[r#"{"name":"g","listen":["127.0.0.1:0"],"targets":["nope"]}"#.to_string()]);
     match p.reload(&bad_target).await {
-        Event::Refused { error } => assert!(error.contains("targets[0]"), "{error}"),
+        Event::Refused { error } => assert!(error.to_string().contains("targets[0]"), "{error}"),
         other => panic!("invalid target was not refused: {other:?}"),
     }
     ping(addr, b"still serving").await.unwrap();
@@ -112,6 +113,36 @@ async fn broken_json_keeps_the_old_config_serving() {
     p.reload_ok(&config(&[app("g", &["127.0.0.1:0"], &[b2], "")]))
         .await;
     assert_eq!(which(addr).await.unwrap().0, b'2');
+    p.stop().await;
+}
+
+/// A refused config's event says what kind of refusal it was, and for whom: an
+/// invalid field names the app and the field, a taken address the app and the
+/// address, with the OS error as its source.
+#[tokio::test]
+async fn refusals_carry_typed_errors() {
+    let backend = echo_backend("127.0.0.1:0").await;
+    let mut p = Proxy::start(&config(&[app("g", &["127.0.0.1:0"], &[backend], "")])).await;
+    let bad_target =
+        config(&[r#"{"name":"g","listen":["127.0.0.1:0"],"targets":["nope"]}"#.to_string()]);
+    match p.reload(&bad_target).await {
+        Event::Refused {
+            error: Refusal::Invalid(ConfigError::Field { app, field, .. }),
+        } => assert_eq!((app.as_str(), field.as_str()), ("\"g\"", "targets[0]")),
+        other => panic!("not refused as invalid: {other:?}"),
+    }
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = squatter.local_addr().unwrap();
+    let next = config(&[app("h", &[&taken.to_string()], &[backend], "")]);
+    match p.reload(&next).await {
+        Event::Refused {
+            error: Refusal::NotApplied(ApplyError::Bind { app, addr, source }),
+        } => {
+            assert_eq!((app.as_str(), addr), ("h", taken));
+            assert_eq!(source.kind(), std::io::ErrorKind::AddrInUse, "{source}");
+        }
+        other => panic!("not refused as unbindable: {other:?}"),
+    }
     p.stop().await;
 }
 
@@ -127,7 +158,7 @@ async fn unbindable_address_refuses_the_whole_config() {
         app("h", &[&taken], &[backend], ""),
     ]);
     match p.reload(&next).await {
-        Event::Refused { error } => assert!(error.contains(&taken), "{error}"),
+        Event::Refused { error } => assert!(error.to_string().contains(&taken), "{error}"),
         other => panic!("unbindable config applied: {other:?}"),
     }
     // Nothing of it applied: g still routes to the live backend.

@@ -76,7 +76,9 @@ async fn a_reload_onto_a_port_held_by_another_process_is_refused() {
         match p.reload(&next).await {
             fproxy::Event::Refused { error } => {
                 assert!(
-                    error.contains("is already in use by another process"),
+                    error
+                        .to_string()
+                        .contains("is already in use by another process"),
                     "{error}"
                 )
             }

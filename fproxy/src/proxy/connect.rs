@@ -3,53 +3,55 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use nix::errno::Errno;
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 
 use super::Route;
-use crate::dns::Resolver;
+use crate::config::Target;
+use crate::dns::{ResolveError, Resolver};
+use crate::error::Side;
 use crate::loglimit::LogLimit;
 use crate::strategy::Pick;
 
-/// Which side a failed connect is blamed on (pingora's `ErrorSource` in spirit).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    /// This process or host ran out of something (file descriptors, socket
-    /// buffers, memory, local ports). Says nothing about the targets: it counts
-    /// toward no ejection and no health verdict.
-    Local,
-    /// The target refused, reset, timed out or could not be resolved.
-    Target,
-}
-
-impl Side {
-    /// Blames a connect error: resource exhaustion here is [`Side::Local`], the
-    /// rest is the target's.
-    pub fn of(e: &io::Error) -> Side {
-        match e.raw_os_error().map(Errno::from_raw) {
-            Some(
-                Errno::EMFILE
-                | Errno::ENFILE
-                | Errno::ENOBUFS
-                | Errno::ENOMEM
-                | Errno::EADDRNOTAVAIL,
-            ) => Side::Local,
-            _ => Side::Target,
-        }
-    }
-}
-
-/// Why no target took a connection.
+/// Why no target took a connection, or why one attempt failed (the `last` cause
+/// of [`ConnectError::Exhausted`] and [`ConnectError::Deadline`]).
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    /// Every target tried failed (or the deadline passed).
-    #[error("no target connected within {deadline:?}; last error: {last}")]
-    Exhausted {
-        deadline: std::time::Duration,
-        last: String,
+    /// The target's name gave no address.
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
+    /// The target refused the connection (or failed it otherwise: reset,
+    /// unreachable).
+    #[error("connect {target} ({addr}): {source}")]
+    Refused {
+        target: Target,
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
     },
+    /// One attempt took longer than `connect_timeout`.
+    #[error("connect {target} ({addr}): timed out")]
+    Timeout { target: Target, addr: SocketAddr },
+    /// `connect_deadline` passed before a target connected; `last` is the last
+    /// failure before that (`None`: nothing was tried).
+    #[error("no target connected within {deadline:?}; last error: {}", Last(last))]
+    Deadline {
+        deadline: Duration,
+        last: Option<Box<ConnectError>>,
+    },
+    /// Every target was tried and failed; `last` is the last failure.
+    #[error("no target connected within {deadline:?}; last error: {}", Last(last))]
+    Exhausted {
+        deadline: Duration,
+        last: Option<Box<ConnectError>>,
+    },
+    /// The app has no targets. Validation forbids this; an embedder building a
+    /// config by hand may not.
+    #[error("the app has no targets")]
+    NoEndpoints,
     /// A local resource ran out while connecting to `addr`; the targets were not
     /// at fault. Host-wide shortages (fds, memory) stop at the first; a lack of
     /// local ports (per destination) ends here only when every target lacked them.
@@ -62,11 +64,18 @@ pub enum ConnectError {
 }
 
 impl ConnectError {
-    /// Who is to blame.
+    /// Who is to blame: [`Side::Local`] for [`ConnectError::Local`], the upstream
+    /// for the rest (also when some of the attempts before ran out of local ports:
+    /// then a target failed too).
     pub fn side(&self) -> Side {
         match self {
-            ConnectError::Exhausted { .. } => Side::Target,
             ConnectError::Local { .. } => Side::Local,
+            ConnectError::Resolve(_)
+            | ConnectError::Refused { .. }
+            | ConnectError::Timeout { .. }
+            | ConnectError::Deadline { .. }
+            | ConnectError::Exhausted { .. }
+            | ConnectError::NoEndpoints => Side::Upstream,
         }
     }
 
@@ -74,6 +83,18 @@ impl ConnectError {
     /// Always: every attempt happens before a byte of the client's data is read.
     pub fn retry_safe(&self) -> bool {
         true
+    }
+}
+
+/// Displays the last cause of a failed connect, or that there was none.
+struct Last<'a>(&'a Option<Box<ConnectError>>);
+
+impl std::fmt::Display for Last<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(e) => e.fmt(f),
+            None => f.write_str("none tried"),
+        }
     }
 }
 
@@ -118,11 +139,7 @@ where
     let deadline = Instant::now() + cfg.connect_deadline;
     let n = route.targets.len();
     if n == 0 {
-        // Validation forbids this; an embedder building a Config by hand may not.
-        return Err(ConnectError::Exhausted {
-            deadline: cfg.connect_deadline,
-            last: "the app has no targets".into(),
-        });
+        return Err(ConnectError::NoEndpoints);
     }
     let first = route.strategy.pick(&Pick {
         client,
@@ -140,7 +157,9 @@ where
         .map(|k| (first + k) % n)
         .filter(|&i| !any_up || route.states[i].available(now_ms));
     let mut retries = 0;
-    let mut last = String::from("none tried");
+    let mut last: Option<ConnectError> = None;
+    // Whether the deadline ended the search before every target was tried.
+    let mut out_of_time = false;
     // The last local error that did not stop the search, and whether any target
     // failed on its own account (then the answer is "no target", not "local").
     let mut local: Option<(SocketAddr, io::Error)> = None;
@@ -154,6 +173,7 @@ where
             .checked_duration_since(Instant::now())
             .filter(|d| !d.is_zero())
         else {
+            out_of_time = true;
             break;
         };
         // A resolved endpoint has its address; a name discovery has not answered
@@ -163,14 +183,18 @@ where
             None => match timeout(left, resolver.resolve(target)).await {
                 Ok(Ok(a)) => a,
                 Ok(Err(e)) => {
-                    last = e.to_string();
+                    last = Some(e.into());
                     slot.traffic.resolve.inc();
                     retries += 1;
                     continue;
                 }
                 Err(_) => {
-                    last = format!("resolve {target}: timed out");
+                    last = Some(ConnectError::Resolve(ResolveError {
+                        host: target.to_string(),
+                        reason: "timed out".into(),
+                    }));
                     slot.traffic.resolve.inc();
+                    out_of_time = true;
                     break;
                 }
             },
@@ -182,6 +206,7 @@ where
                 .checked_duration_since(Instant::now())
                 .filter(|d| !d.is_zero())
             else {
+                out_of_time = true;
                 break;
             };
             slot.traffic.attempts.inc();
@@ -199,7 +224,7 @@ where
                         retries,
                     });
                 }
-                Ok(Err(e)) if Side::of(&e) == Side::Local => {
+                Ok(Err(e)) if Side::of_connect(&e) == Side::Local => {
                     // Not the target's failure: no failure count, no ejection.
                     if host_wide(&e) {
                         // Other targets would fail alike: answer the client now.
@@ -208,22 +233,34 @@ where
                     // Out of local ports for this destination only (the kernel
                     // needs a free port per 4-tuple): another address or target
                     // usually still connects.
-                    last = format!("connect {target} ({addr}): {e}");
+                    last = Some(ConnectError::Local {
+                        addr,
+                        source: copy(&e),
+                    });
                     local = Some((addr, e));
                 }
                 Ok(Err(e)) => {
                     slot.traffic.refused.inc();
-                    last = format!("connect {target} ({addr}): {e}");
+                    last = Some(ConnectError::Refused {
+                        target: target.clone(),
+                        addr,
+                        source: e,
+                    });
                     target_failed = true;
                 }
                 Err(_) => {
                     slot.traffic.timeout.inc();
-                    last = format!("connect {target} ({addr}): timed out");
+                    last = Some(ConnectError::Timeout {
+                        target: target.clone(),
+                        addr,
+                    });
                     target_failed = true;
                 }
             }
             retries += 1;
-            tracing::debug!(app = %route.app.name, %client, error = %last, "connect attempt failed");
+            if let Some(error) = &last {
+                tracing::debug!(app = %route.app.name, %client, %error, "connect attempt failed");
+            }
         }
         if target_failed {
             any_target_failed = true;
@@ -233,10 +270,22 @@ where
     match local {
         // Only local errors: say so (counted and logged as local, not as targets down).
         Some((addr, source)) if !any_target_failed => Err(ConnectError::Local { addr, source }),
+        _ if out_of_time => Err(ConnectError::Deadline {
+            deadline: cfg.connect_deadline,
+            last: last.map(Box::new),
+        }),
         _ => Err(ConnectError::Exhausted {
             deadline: cfg.connect_deadline,
-            last,
+            last: last.map(Box::new),
         }),
+    }
+}
+
+/// A copy of an OS error (`io::Error` is not `Clone`), for the last cause.
+fn copy(e: &io::Error) -> io::Error {
+    match e.raw_os_error() {
+        Some(code) => io::Error::from_raw_os_error(code),
+        None => io::Error::new(e.kind(), e.to_string()),
     }
 }
 
@@ -275,11 +324,81 @@ fn passive_failure(route: &Route, index: usize) {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
+pub(crate) mod tests {
     use super::*;
     use crate::proxy::testing::{self, failing};
+
+    /// One error of each kind (an `Exhausted` and a `Deadline` wrapping a local
+    /// last cause, the case where the blame must not follow the cause).
+    pub(crate) fn every_kind() -> Vec<ConnectError> {
+        let target = Target::parse("example.test:1").unwrap();
+        let addr: SocketAddr = "10.0.0.1:1".parse().unwrap();
+        let local = || ConnectError::Local {
+            addr,
+            source: io::Error::from_raw_os_error(Errno::EADDRNOTAVAIL as i32),
+        };
+        let deadline = Duration::from_secs(1);
+        vec![
+            ConnectError::Resolve(ResolveError {
+                host: target.to_string(),
+                reason: "no address".into(),
+            }),
+            ConnectError::Refused {
+                target: target.clone(),
+                addr,
+                source: io::Error::from_raw_os_error(Errno::ECONNREFUSED as i32),
+            },
+            ConnectError::Timeout { target, addr },
+            ConnectError::Deadline {
+                deadline,
+                last: None,
+            },
+            ConnectError::Exhausted {
+                deadline,
+                last: Some(Box::new(local())),
+            },
+            ConnectError::NoEndpoints,
+            local(),
+        ]
+    }
+
+    /// Only a local shortage is blamed on this host; every kind is safe to retry
+    /// (nothing of the client's was read yet).
+    #[test]
+    fn sides_and_retries() {
+        for e in every_kind() {
+            let side = match e {
+                ConnectError::Local { .. } => Side::Local,
+                _ => Side::Upstream,
+            };
+            assert_eq!(e.side(), side, "{e}");
+            assert!(e.retry_safe(), "{e}");
+        }
+    }
+
+    /// The messages read as they did when the causes were strings.
+    #[test]
+    fn messages() {
+        let target = Target::parse("10.0.0.1:1").unwrap();
+        let addr: SocketAddr = "10.0.0.1:1".parse().unwrap();
+        let timeout = ConnectError::Timeout { target, addr };
+        let e = ConnectError::Exhausted {
+            deadline: Duration::from_secs(2),
+            last: Some(Box::new(timeout)),
+        };
+        assert_eq!(
+            e.to_string(),
+            "no target connected within 2s; last error: connect 10.0.0.1:1 (10.0.0.1:1): timed out"
+        );
+        let e = ConnectError::Deadline {
+            deadline: Duration::from_secs(2),
+            last: None,
+        };
+        assert_eq!(
+            e.to_string(),
+            "no target connected within 2s; last error: none tried"
+        );
+    }
 
     fn route(extra: &str) -> Route {
         testing::route(&format!(
@@ -358,8 +477,44 @@ mod tests {
         let e = connect_with(&r, &resolver, client, failing(Errno::ECONNREFUSED))
             .await
             .unwrap_err();
-        assert_eq!(e.side(), Side::Target);
+        assert_eq!(e.side(), Side::Upstream);
         assert!(r.states.iter().any(|s| s.is_ejected(r.now_ms())));
+    }
+
+    /// Every target refusing ends the search at once with the last refusal; a
+    /// deadline that passes first ends it with the last timeout.
+    #[tokio::test(start_paused = true)]
+    async fn exhausted_and_deadline_carry_the_last_cause() {
+        let resolver = Resolver::from_system();
+        let client: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let r = route("");
+        let e = connect_with(&r, &resolver, client, failing(Errno::ECONNREFUSED))
+            .await
+            .unwrap_err();
+        match &e {
+            ConnectError::Exhausted {
+                last: Some(last), ..
+            } => {
+                assert!(matches!(**last, ConnectError::Refused { .. }), "{e}")
+            }
+            _ => panic!("not exhausted: {e}"),
+        }
+
+        // Two attempts of 1s fit in the 1.5s deadline, not four.
+        let r = route(r#","connect_timeout":"1s","connect_deadline":"1500ms""#);
+        let never = |_| std::future::pending::<io::Result<TcpStream>>();
+        let e = connect_with(&r, &resolver, client, never)
+            .await
+            .unwrap_err();
+        match &e {
+            ConnectError::Deadline {
+                last: Some(last), ..
+            } => {
+                assert!(matches!(**last, ConnectError::Timeout { .. }), "{e}")
+            }
+            _ => panic!("not past the deadline: {e}"),
+        }
+        assert_eq!(e.side(), Side::Upstream);
     }
 
     /// At most max_ejected_percent of targets are out at once (at least one may be).

@@ -46,6 +46,15 @@ impl End {
             End::TargetError => "target_error",
         }
     }
+
+    /// The side whose socket failed, if one did.
+    pub fn side(self) -> Option<crate::error::Side> {
+        match self {
+            End::Closed | End::Idle => None,
+            End::ClientError => Some(crate::error::Side::Client),
+            End::TargetError => Some(crate::error::Side::Upstream),
+        }
+    }
 }
 
 /// Last moment a byte moved, as milliseconds since `start`. Shared by both directions

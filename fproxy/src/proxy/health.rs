@@ -14,9 +14,10 @@ use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::{Route, Shared, Side, TargetSlot};
+use super::{Route, Shared, TargetSlot};
 use crate::config::tcp::{defaults, HealthCheck};
 use crate::dns::Resolver;
+use crate::error::Side;
 use crate::loglimit::LogLimit;
 
 /// Most bytes of a probe answer read while looking for `expect`.
@@ -140,7 +141,7 @@ where
     for addr in addrs {
         let mut s = match dial(addr).await {
             Ok(s) => s,
-            Err(e) if Side::of(&e) == Side::Local => return Err(e),
+            Err(e) if Side::of_connect(&e) == Side::Local => return Err(e),
             Err(_) => continue,
         };
         if let Some(send) = &hc.send {

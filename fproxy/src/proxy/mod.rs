@@ -25,13 +25,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-pub use connect::{connect, ConnectError, Connected, Side};
+pub use connect::{connect, ConnectError, Connected};
 pub use copy::{bidirectional, Copied, End};
 
 use crate::admin::status::{AppStatus, EndpointStatus, TcpStatus};
 use crate::app::{App, BoxFuture};
 use crate::config::{AppConfig, Kind, Target, TcpConfig};
 use crate::dns::Resolver;
+use crate::error::Side;
 use crate::listener::{BoundSet, Handler, Listener, Listeners};
 use crate::loglimit::LogLimit;
 use crate::metrics::tcp::{AppHandles, EndpointHandles, TargetHandles};
@@ -478,19 +479,22 @@ async fn serve(
             shared.app_metrics.retries.inc_by(u64::from(c.retries));
             c
         }
-        Err(e) if e.side() == Side::Local => {
-            static LOCAL: LogLimit = LogLimit::per_second();
-            shared.app_metrics.refused_local.inc();
-            if let Some(suppressed) = LOCAL.allow() {
-                tracing::warn!(app = %name, client = %peer, error = %e, suppressed, "local resources exhausted (file descriptors, buffers or ports), not a target failure; resetting client");
-            }
-            return reset(client);
-        }
         Err(e) => {
-            static NO_TARGET: LogLimit = LogLimit::per_second();
-            shared.app_metrics.refused_no_target.inc();
-            if let Some(suppressed) = NO_TARGET.allow() {
-                tracing::warn!(app = %name, client = %peer, error = %e, suppressed, "no target available; resetting client");
+            match refusal(&e) {
+                Refusal::Local => {
+                    static LOCAL: LogLimit = LogLimit::per_second();
+                    shared.app_metrics.refused_local.inc();
+                    if let Some(suppressed) = LOCAL.allow() {
+                        tracing::warn!(app = %name, client = %peer, error = %e, suppressed, "local resources exhausted (file descriptors, buffers or ports), not a target failure; resetting client");
+                    }
+                }
+                Refusal::NoTarget => {
+                    static NO_TARGET: LogLimit = LogLimit::per_second();
+                    shared.app_metrics.refused_no_target.inc();
+                    if let Some(suppressed) = NO_TARGET.allow() {
+                        tracing::warn!(app = %name, client = %peer, error = %e, suppressed, "no target available; resetting client");
+                    }
+                }
             }
             return reset(client);
         }
@@ -512,7 +516,7 @@ async fn serve(
     // A target that failed mid-stream (a reset, say) must not look like a clean
     // close to the client: its reply may be cut short. Pass the failure on as a
     // reset; a FIN would tell the client the reply is complete.
-    if copied.is_some_and(|c| c.end == End::TargetError) {
+    if copied.is_some_and(|c| c.end.side() == Some(Side::Upstream)) {
         let _ = SockRef::from(&client).set_linger(Some(Duration::ZERO));
     }
     let reason = copied.map_or("drain_timeout", |c| c.end.as_str());
@@ -525,8 +529,46 @@ async fn serve(
     );
 }
 
+/// How a client no target took is answered. Always with a reset (nothing of its
+/// data was read, so it may retry at once: [`ConnectError::retry_safe`]); counted
+/// in `fproxy_tcp_connections_refused_total` under the reason of who is to blame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// `reason="local"`: this host ran out of a resource; no target is blamed.
+    Local,
+    /// `reason="no_target"`: every target failed, or time ran out.
+    NoTarget,
+}
+
+/// The TCP outcome of each connect error: the one place it is decided.
+fn refusal(e: &ConnectError) -> Refusal {
+    match e.side() {
+        Side::Local => Refusal::Local,
+        Side::Upstream | Side::Client => Refusal::NoTarget,
+    }
+}
+
 /// Closes with RST instead of FIN: the client learns at once that nothing is there.
 fn reset(stream: TcpStream) {
     let _ = SockRef::from(&stream).set_linger(Some(Duration::ZERO));
     drop(stream);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::connect::tests::every_kind;
+
+    /// Each kind of connect error resets the client, counted as `local` only when
+    /// this host ran out of something.
+    #[test]
+    fn each_connect_error_maps_to_one_refusal() {
+        for e in every_kind() {
+            let want = match e {
+                ConnectError::Local { .. } => Refusal::Local,
+                _ => Refusal::NoTarget,
+            };
+            assert_eq!(refusal(&e), want, "{e}");
+        }
+    }
 }

@@ -62,6 +62,8 @@ fn key_of(req: &ConfigSpecRequest) -> Result<Key, Status> {
     Ok(Key { api, sdk_key })
 }
 
+/// The gRPC answer for a key without a spec: the one place it is decided (HTTP's
+/// is [`super::http`]'s `refusal`). UNAVAILABLE is what SDKs retry.
 fn status(m: Missing) -> Status {
     match m {
         Missing::Unauthorized => Status::permission_denied("SDK key not accepted upstream"),
@@ -251,5 +253,23 @@ impl Drop for StreamSlot {
     fn drop(&mut self) {
         self.0.stats.streams.dec();
         self.0.streams.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A key upstream refuses is PERMISSION_DENIED (retrying will not help); a
+    /// missing upstream or a spent new-key budget is UNAVAILABLE, which SDKs retry.
+    #[test]
+    fn each_missing_spec_maps_to_one_code() {
+        for (m, code) in [
+            (Missing::Unauthorized, tonic::Code::PermissionDenied),
+            (Missing::Unavailable, tonic::Code::Unavailable),
+            (Missing::OverBudget, tonic::Code::Unavailable),
+        ] {
+            assert_eq!(status(m).code(), code, "{m:?}");
+        }
     }
 }

@@ -106,22 +106,7 @@ async fn dcs(
     let key = Key { api, sdk_key };
     let spec = match super::find(shared, &key).await {
         Ok((_, spec)) => spec,
-        Err(Missing::Unauthorized) => return unauthorized(),
-        Err(Missing::Unavailable) => {
-            let mut r = text(StatusCode::SERVICE_UNAVAILABLE, "Upstream unavailable");
-            r.headers_mut()
-                .insert("retry-after", HeaderValue::from_static("5"));
-            return r;
-        }
-        Err(Missing::OverBudget) => {
-            let mut r = text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Too many new SDK keys at once; retry shortly",
-            );
-            r.headers_mut()
-                .insert("retry-after", HeaderValue::from_static("1"));
-            return r;
-        }
+        Err(m) => return refusal(m),
     };
     if since.is_some_and(|s| spec.lcut <= s) {
         let mut r = json(
@@ -133,6 +118,24 @@ async fn dcs(
         return r;
     }
     serve(&spec, gzip)
+}
+
+/// The HTTP answer for a key without a spec: the one place it is decided (gRPC's
+/// is [`super::grpc`]'s `status`). Retryable refusals say when to retry.
+fn refusal(m: Missing) -> Response<Body> {
+    let (status, body, retry_after) = match m {
+        Missing::Unauthorized => return unauthorized(),
+        Missing::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "Upstream unavailable", "5"),
+        Missing::OverBudget => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Too many new SDK keys at once; retry shortly",
+            "1",
+        ),
+    };
+    let mut r = text(status, body);
+    r.headers_mut()
+        .insert("retry-after", HeaderValue::from_static(retry_after));
+    r
 }
 
 fn serve(spec: &Spec, gzip: bool) -> Response<Body> {
@@ -232,6 +235,30 @@ mod tests {
         assert!(!h("gzip;q=0"));
         assert!(!h("br, statsig-br"));
         assert!(!accepts_gzip(&HeaderMap::new()));
+    }
+
+    /// Each missing spec has one answer: 401 for a key upstream refuses, 503 with
+    /// a retry hint while upstream is away or new keys are over budget.
+    #[test]
+    fn each_missing_spec_maps_to_one_answer() {
+        for (m, status, retry_after) in [
+            (Missing::Unauthorized, StatusCode::UNAUTHORIZED, None),
+            (
+                Missing::Unavailable,
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some("5"),
+            ),
+            (
+                Missing::OverBudget,
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some("1"),
+            ),
+        ] {
+            let r = refusal(m);
+            assert_eq!(r.status(), status, "{m:?}");
+            let got = r.headers().get("retry-after").map(|v| v.to_str().unwrap());
+            assert_eq!(got, retry_after, "{m:?}");
+        }
     }
 
     #[test]
