@@ -131,8 +131,8 @@ impl Subscription {
 /// changed or not, and a missing file is then an error.
 ///
 /// Reads never block the async runtime and are bounded: only regular files of at most
-/// [`MAX_SIZE`](crate::config::read::MAX_SIZE) bytes, each read within
-/// [`READ_TIMEOUT`](crate::config::read::READ_TIMEOUT), one at a time (see
+/// [`crate::config::read::MAX_SIZE`] bytes, each read within
+/// [`crate::config::read::READ_TIMEOUT`], one at a time (see
 /// [`crate::config::read`]). The first read, in [`ConfigSubscriber::subscribe`],
 /// waits on the calling thread for at most that limit.
 #[derive(Debug, Clone)]

@@ -30,7 +30,7 @@
 //! HTTP/1.1 keep-alive connection waits for its next request, so idle HTTP/1.1
 //! connections would close at `header_timeout` rather than `keepalive_timeout`; and
 //! it does not run at all while the auto builder is still reading the first bytes to
-//! choose the protocol, nor for HTTP/2. The tracker ([`Activity`]) sees every read
+//! choose the protocol, nor for HTTP/2. The tracker (`Activity`) sees every read
 //! and every request, and gives one deadline for both protocols.
 
 use std::error::Error as StdError;

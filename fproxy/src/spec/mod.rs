@@ -1,7 +1,7 @@
 //! The spec app: a Statsig-compatible config-spec cache.
 //!
 //! SDKs ask for `download_config_specs` by SDK key; the app answers from memory and
-//! keeps every key fresh from upstream in the background (see [`poll`]). A reload
+//! keeps every key fresh from upstream in the background (see the `poll` module). A reload
 //! swaps the app's settings (upstream, intervals, limits) atomically and keeps its
 //! store, so nothing cached is lost and open connections carry on.
 
