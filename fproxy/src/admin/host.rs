@@ -102,9 +102,10 @@ impl HostPolicy {
             .any(|a| a.host == host && a.port.is_none_or(|p| p == port))
     }
 
-    /// `port` names the admin port (absent means 80, as in a URL).
-    fn own_port(&self, port: Option<u16>) -> bool {
-        port.unwrap_or(80) == self.listen.port()
+    /// `localhost` at the admin port, when the API listens on loopback or the
+    /// wildcard address. `port` is the one named, or the scheme's default.
+    fn is_local_name(&self, name: &str, port: u16) -> bool {
+        self.loopback && name == "localhost" && port == self.listen.port()
     }
 
     /// `Ok` when the request may be answered, else why not. `local` is the address
@@ -123,7 +124,7 @@ impl HostPolicy {
                 return Err(format!("malformed Host header {shown:?}"));
             };
             let ok = name.parse::<IpAddr>().is_ok()
-                || (self.loopback && name == "localhost" && self.own_port(port))
+                || self.is_local_name(&name, port.unwrap_or(80))
                 || self.allowed(&name, port.unwrap_or(80));
             if !ok {
                 return Err(format!(
@@ -168,8 +169,7 @@ impl HostPolicy {
                 || at == self.listen
                 || (self.loopback && ip.is_loopback() && port_or_default == self.listen.port());
         }
-        (self.loopback && name == "localhost" && port_or_default == self.listen.port())
-            || self.allowed(&name, port_or_default)
+        self.is_local_name(&name, port_or_default) || self.allowed(&name, port_or_default)
     }
 }
 

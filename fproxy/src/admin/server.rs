@@ -66,8 +66,7 @@ impl StagedAdmin {
         let ctx = Arc::new(Ctx {
             requests,
             metrics,
-            hosts: ArcSwap::from_pointee(HostPolicy::new(local, &config.allowed_hosts)),
-            limits: ArcSwap::from_pointee(Limits::of(config)),
+            settings: ArcSwap::from_pointee(Settings::of(local, config)),
         });
         let task = tokio::spawn(accept_loop(listener, ctx.clone(), conns, stop.clone()));
         tracing::info!(addr = %local, "admin API listening");
@@ -99,9 +98,8 @@ impl AdminServer {
     /// get the new limits, every request the new host rules.
     pub(crate) fn reconfigure(&self, config: &AdminConfig) {
         self.ctx
-            .hosts
-            .store(Arc::new(HostPolicy::new(self.local, &config.allowed_hosts)));
-        self.ctx.limits.store(Arc::new(Limits::of(config)));
+            .settings
+            .store(Arc::new(Settings::of(self.local, config)));
     }
 
     /// Stops accepting and closes the socket. Connections carry on in the background
@@ -124,20 +122,23 @@ impl Drop for AdminServer {
 struct Ctx {
     requests: mpsc::Sender<Request>,
     metrics: Arc<Metrics>,
-    hosts: ArcSwap<HostPolicy>,
-    limits: ArcSwap<Limits>,
+    /// Swapped whole on reload, so a reader never mixes two versions.
+    settings: ArcSwap<Settings>,
 }
 
-/// Connection limits, from the config.
+/// Host rules and connection limits, from the config.
 #[derive(Debug)]
-struct Limits {
+struct Settings {
+    hosts: HostPolicy,
     timeouts: Timeouts,
     max_connections: usize,
 }
 
-impl Limits {
-    fn of(config: &AdminConfig) -> Limits {
-        Limits {
+impl Settings {
+    /// `local` is the bound address (the config's may have port 0).
+    fn of(local: SocketAddr, config: &AdminConfig) -> Settings {
+        Settings {
+            hosts: HostPolicy::new(local, &config.allowed_hosts),
             timeouts: Timeouts {
                 header: config.header_timeout,
                 keepalive: config.keepalive_timeout,
@@ -168,7 +169,7 @@ async fn accept_loop(
         match accepted {
             Ok((stream, _)) => {
                 // Over the cap the connection is dropped (closed) here, at once.
-                let max = ctx.limits.load().max_connections;
+                let max = ctx.settings.load().max_connections;
                 let Some(guard) = conns.try_acquire(max, "admin") else {
                     continue;
                 };
@@ -197,7 +198,7 @@ async fn serve(stream: TcpStream, ctx: Arc<Ctx>, guard: srv::ConnGuard, stop: Ca
     let Ok(local) = stream.local_addr() else {
         return;
     };
-    let timeouts = ctx.limits.load().timeouts;
+    let timeouts = ctx.settings.load().timeouts;
     let svc = hyper::service::service_fn(move |req| {
         let ctx = ctx.clone();
         async move { Ok::<_, Infallible>(checked(&ctx, local, req).await) }
@@ -220,7 +221,12 @@ async fn checked(ctx: &Ctx, local: SocketAddr, req: hyper::Request<Incoming>) ->
     // HTTP/2 carries the host in the URI (`:authority`).
     let host = header(HOST).or_else(|| req.uri().authority().map(|a| a.as_str()));
     let safe = matches!(*req.method(), Method::GET | Method::HEAD);
-    if let Err(why) = ctx.hosts.load().check(host, header(ORIGIN), safe, local) {
+    if let Err(why) = ctx
+        .settings
+        .load()
+        .hosts
+        .check(host, header(ORIGIN), safe, local)
+    {
         static REFUSED: crate::loglimit::LogLimit = crate::loglimit::LogLimit::per_second();
         if let Some(suppressed) = REFUSED.allow() {
             tracing::warn!(suppressed, reason = %why, "admin request refused");

@@ -612,7 +612,7 @@ fn check_admin_address(admin: &AdminConfig, apps: &[AppConfig]) -> Result<(), Co
         if let Some(other) = app
             .addresses()
             .into_iter()
-            .find(|a| a.port() == addr.port() && overlaps(a.ip(), addr.ip()))
+            .find(|a| crate::listener::overlaps(*a, addr))
         {
             return Err(ConfigError::Admin {
                 field: "admin.listen".into(),
@@ -666,14 +666,17 @@ fn check_loops(apps: &[AppConfig], admin: Option<&AdminConfig>) -> Result<(), Co
                 }
             });
             if let Some((listen, owner)) = hit {
-                return Err(ConfigError::Field {
-                    app: format!("{:?}", app.name),
-                    field: format!("targets[{i}]"),
-                    reason: format!(
+                let label = format!("{:?}", app.name);
+                let f = Fields {
+                    owner: Owner::App(&label),
+                };
+                return Err(f.err(
+                    &format!("targets[{i}]"),
+                    format!(
                         "{target} is this daemon's own listener ({owner} listens on {listen}): \
                          connections would loop back into fproxy"
                     ),
-                });
+                ));
             }
         }
     }
@@ -703,7 +706,7 @@ fn check_unique(apps: &[AppConfig]) -> Result<(), ConfigError> {
             }
             let claims = by_port.entry(addr.port()).or_default();
             for (other, owner) in claims.iter() {
-                if *owner != app.name && overlaps(other.ip(), addr.ip()) {
+                if *owner != app.name && crate::listener::overlaps(*other, addr) {
                     return Err(ConfigError::AddressConflict {
                         addr,
                         first: owner.to_string(),
@@ -715,10 +718,6 @@ fn check_unique(apps: &[AppConfig]) -> Result<(), ConfigError> {
         }
     }
     Ok(())
-}
-
-fn overlaps(a: IpAddr, b: IpAddr) -> bool {
-    a.is_ipv4() == b.is_ipv4() && (a == b || a.is_unspecified() || b.is_unspecified())
 }
 
 /// serde_json appends " at line L column C"; we report those as fields instead.
