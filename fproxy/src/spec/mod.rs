@@ -117,11 +117,6 @@ impl Settings {
     pub fn cache(&self) -> Option<&Arc<redis::RedisCache>> {
         self.redis.as_ref().map(|(r, _)| r)
     }
-
-    /// Warm keys are v1 keys (what most server SDKs ask for).
-    pub fn warm_keys(&self) -> Vec<Key> {
-        warm_keys(&self.spec).collect()
-    }
 }
 
 /// Warm keys are v1 keys (what most server SDKs ask for).
@@ -208,7 +203,7 @@ impl SpecApp {
     /// Starts fetching warm keys not yet known.
     fn warm(&self) {
         let settings = self.shared.settings.load();
-        for key in settings.warm_keys() {
+        for key in warm_keys(&settings.spec) {
             if let Lookup::Created(e) = self
                 .shared
                 .store
@@ -497,13 +492,13 @@ pub struct CacheReport {
 /// staleness bound. With `check_staleness` false (startup), only the first holds.
 pub(crate) fn readiness(shared: &Shared, check_staleness: bool) -> Readiness {
     let settings = shared.settings.load();
-    let warm = settings.warm_keys();
     let stale_after = settings.spec.stale_after;
     let mut keys = Vec::new();
     let mut ready = true;
     let entries = shared.store.entries();
-    for key in &warm {
-        if !entries.iter().any(|e| &e.key == key) {
+    // In config order; membership below asks the set.
+    for key in warm_keys(&settings.spec) {
+        if !entries.iter().any(|e| e.key == key) {
             ready = false;
             keys.push(KeyStatus {
                 key: key.masked(),
@@ -519,7 +514,7 @@ pub(crate) fn readiness(shared: &Shared, check_staleness: bool) -> Readiness {
     for e in entries {
         let spec = e.spec();
         let age = e.age();
-        let is_warm = warm.contains(&e.key);
+        let is_warm = settings.warm.contains(&e.key);
         let state = e.upstream();
         let problem = match (&spec, age) {
             (None, _) if is_warm => {
