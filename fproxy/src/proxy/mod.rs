@@ -517,7 +517,7 @@ async fn serve(
     // close to the client: its reply may be cut short. Pass the failure on as a
     // reset; a FIN would tell the client the reply is complete.
     if copied.is_some_and(|c| c.end.side() == Some(Side::Upstream)) {
-        let _ = SockRef::from(&client).set_linger(Some(Duration::ZERO));
+        reset(client);
     }
     let reason = copied.map_or("drain_timeout", |c| c.end.as_str());
     traffic.close(reason);
