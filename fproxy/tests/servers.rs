@@ -59,19 +59,6 @@ async fn read_response(s: &mut TcpStream) -> String {
     .await
 }
 
-/// Waits until the metric `name{labels}` reads `want`.
-async fn metric_reaches(p: &Proxy, name: &str, labels: &[(&str, &str)], want: f64) {
-    within(&format!("{name} {labels:?} = {want}"), async {
-        loop {
-            if p.scrape().value(name, labels) == want {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
-}
-
 const SPEC: [(&str, &str); 2] = [("kind", "spec"), ("app", "spec")];
 const OPEN: &str = "fproxy_server_connections";
 const REFUSED: &str = "fproxy_server_connections_refused_total";
@@ -101,7 +88,7 @@ async fn spec_connections_over_the_cap_are_closed_at_once_then_served_when_room(
 
     // The silent clients go; a new client is served.
     silent.clear();
-    metric_reaches(&p, OPEN, &SPEC, 0.0).await;
+    prom::metric_reaches(&p.metrics, OPEN, &SPEC, 0.0).await;
     let mut good = TcpStream::connect(addr).await.unwrap();
     good.write_all(HEALTH).await.unwrap();
     let resp = read_response(&mut good).await;
@@ -244,7 +231,13 @@ async fn an_open_grpc_stream_outlives_the_idle_timeout() {
     }
     // Once the stream is gone the connection is idle, and closed.
     drop(stream);
-    metric_reaches(&p, TIMEOUTS, &[("app", "spec"), ("reason", "idle")], 1.0).await;
+    prom::metric_reaches(
+        &p.metrics,
+        TIMEOUTS,
+        &[("app", "spec"), ("reason", "idle")],
+        1.0,
+    )
+    .await;
     drop(c);
     p.stop().await;
 }
@@ -279,7 +272,7 @@ async fn the_admin_api_caps_connections_and_cuts_silent_ones() {
     for s in &mut silent {
         until_closed(s, "a silent admin client to be cut").await;
     }
-    metric_reaches(&p, OPEN, &ADMIN, 0.0).await;
+    prom::metric_reaches(&p.metrics, OPEN, &ADMIN, 0.0).await;
     assert_eq!(
         p.scrape()
             .value(TIMEOUTS, &[("kind", "admin"), ("reason", "header")]),
